@@ -1,0 +1,118 @@
+"""GRPO pieces as pure tensor functions: group advantages, clipped surrogate, k3 KL, TIS weights, aggregation.
+
+Shapes: G groups of n samples; B sequences of T tokens. Every function takes its inputs explicitly and
+returns tensors; masking and aggregation over tokens are left to the aggregation functions below.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+def group_advantages(rewards: Tensor, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """Reward minus its group's mean, optionally divided by (group std + eps).
+
+    The std is the population std (unbiased=False): it is defined for any group size, and a group of
+    two with rewards (0, 1) gets advantages -1/(0.5+eps), +1/(0.5+eps). A constant group gives zeros
+    because the numerator is exactly zero.
+    """
+    if not rewards.is_floating_point():  # int/bool rewards; keep float64 if given
+        rewards = rewards.float()  # [G, n]
+    mean = rewards.mean(dim=-1, keepdim=True)  # [G, 1]
+    adv = rewards - mean  # [G, n]
+    if scale_by_std:
+        std = rewards.std(dim=-1, unbiased=False, keepdim=True)  # [G, 1]
+        adv = adv / (std + eps)
+    return adv  # [G, n]
+
+
+def _per_token(advantages: Tensor, like: Tensor) -> Tensor:
+    """Broadcast per-sequence advantages [B] to [B, T]; [B, T] passes through."""
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)  # [B, 1]
+    return advantages.to(like.dtype).expand_as(like)  # [B, T]
+
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token PPO clipped surrogate, -min(r*A, clip(r, 1-clip_low, 1+clip_high)*A).
+
+    logp: [B, T] current policy (with grad); old_logp: [B, T] before the update; advantages: [B] or [B, T].
+    Returns the loss [B, T] and detached per-token stats: "ratio" [B, T] and "clipped" [B, T] bool,
+    True where the clipped branch is the one selected (so the token gets no gradient).
+    """
+    adv = _per_token(advantages, logp)  # [B, T]
+    ratio = torch.exp(logp - old_logp.detach())  # [B, T]
+    clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B, T]
+    unclipped_loss = -ratio * adv  # [B, T]
+    clipped_loss = -clipped_ratio * adv  # [B, T]
+    # max of the negated terms == -min of the surrogates (pessimistic bound)
+    loss = torch.maximum(unclipped_loss, clipped_loss)  # [B, T]
+    # Clipping binds only on the side that would push the ratio further out: up for A>0, down for A<0.
+    clipped = ((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low))  # [B, T]
+    stats = {"ratio": ratio.detach(), "clipped": clipped.detach()}
+    return loss, stats
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k3 estimator of KL(pi || ref) per token: exp(ref-logp) - (ref-logp) - 1, always >= 0."""
+    log_ratio = ref_logp - logp  # [B, T]
+    return torch.exp(log_ratio) - log_ratio - 1.0  # [B, T]
+
+
+def tis_weights(old_logp: Tensor, behaviour_logp: Tensor, cap: float) -> Tensor:
+    """Truncated importance weights min(exp(old_logp - behaviour_logp), cap), without grad.
+
+    old_logp: the trainer's logprobs before the update; behaviour_logp: the rollout engine's. Corrects
+    the mismatch between the two engines; the cap bounds the variance.
+    """
+    with torch.no_grad():
+        # clamp in log space so a huge mismatch cannot overflow exp to inf
+        log_w = (old_logp - behaviour_logp).clamp(max=math.log(cap))  # [B, T]
+        return torch.exp(log_w)  # [B, T]
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x over positions where mask is set; 0 for an empty mask (no NaN)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+# Aggregations. num_tokens / num_seqs are totals over the WHOLE batch, so each function is a sum of
+# per-sequence terms divided by a batch constant: summing it over micro-batches gives the full-batch value.
+
+
+def token_mean(loss: Tensor, mask: Tensor, num_tokens: float, num_seqs: float) -> Tensor:
+    """sum(loss*mask) / num_tokens: every token weighs the same (GLM's choice, the default)."""
+    mask = mask.to(loss.dtype)  # [B, T]
+    return (loss * mask).sum() / num_tokens
+
+
+def seq_mean_token_mean(loss: Tensor, mask: Tensor, num_tokens: float, num_seqs: float) -> Tensor:
+    """Mean over sequences of each sequence's token mean: every sequence weighs the same."""
+    mask = mask.to(loss.dtype)  # [B, T]
+    per_seq = (loss * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)  # [B]
+    return per_seq.sum() / num_seqs
+
+
+def seq_mean_token_sum(loss: Tensor, mask: Tensor, num_tokens: float, num_seqs: float) -> Tensor:
+    """sum(loss*mask) / num_seqs: token sums averaged over sequences (Dr.GRPO-like, no length division)."""
+    mask = mask.to(loss.dtype)  # [B, T]
+    return (loss * mask).sum() / num_seqs
+
+
+Aggregation = Callable[[Tensor, Tensor, float, float], Tensor]
+
+AGGREGATIONS: dict[str, Aggregation] = {
+    "token-mean": token_mean,
+    "seq-mean-token-mean": seq_mean_token_mean,
+    "seq-mean-token-sum": seq_mean_token_sum,
+}

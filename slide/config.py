@@ -1,0 +1,150 @@
+"""Typed run configs (pydantic): YAML file + `key=value` overrides, validated at construction.
+
+    cfg = load_config(RLConfig, "configs/rl_arithmetic.yaml", ["rollout.n=4", "steps=20"])
+
+Every problem is reported at once, on one line, with the file and the field path and what is allowed.
+Configs are frozen: derived values live elsewhere, never written back.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from slide.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Section):
+    init: str | None = Field(None, description="HF checkpoint folder to start from; None = random init at `size`")
+    size: Literal["test", "demo"] = Field("test", description="tiny glm4_moe size for random init")
+    router_bias_rate: float = Field(1e-3, ge=0, description="GLM loss-free balance: expert bias step per update")
+
+
+class TrainSpec(Section):
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (1e-4 is the robust tiny-GLM RL default)")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = Field(1.0, gt=0, description="max global grad norm")
+    micro_batch: int = Field(32, ge=1, description="sequences per forward/backward pass")
+    warmup_steps: int = Field(0, ge=0)
+
+
+class RolloutSpec(Section):
+    prompts_per_step: int = Field(16, ge=1, description="groups per training step")
+    n: int = Field(8, ge=2, description="samples per prompt (group size)")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(96, ge=1)
+    thinking: bool = Field(True, description="GLM thinking mode (False appends /nothink and an empty think block)")
+    reward_timeout_s: float = Field(5.0, gt=0, description="a reward call slower than this scores 0 and is counted")
+
+
+class AlgoSpec(Section):
+    scale_adv_by_std: bool = Field(True, description="GRPO: divide by group std (False: Dr.GRPO-style)")
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    clip_high: float = Field(0.28, ge=0, description="clip-higher: upper ratio bound 1 + clip_high")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
+    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the initial policy; GLM uses none")
+    tis_cap: float = Field(2.0, gt=0, description="truncated importance weight cap vs the engine's logprobs")
+    dynamic_sampling: bool = Field(True, description="drop groups whose rewards all agree; over-sample to refill")
+    max_sample_rounds: int = Field(4, ge=1, description="over-sampling rounds per step before training on fewer")
+
+
+class DataSpec(Section):
+    train: str = Field("arithmetic:2", description="task spec: FAMILY[:LEVELS],... or a .jsonl/.parquet path")
+    eval: str | None = Field(None, description="held-out spec; default: same as train with other seeds")
+    eval_prompts: int = Field(100, ge=1)
+
+
+class RLConfig(Section):
+    name: str = "rl"
+    out_dir: str = "runs"
+    seed: int = 0
+    steps: int = Field(50, ge=1)
+    eval_every: int = Field(10, ge=0, description="0 = only at the end")
+    save_every: int = Field(10, ge=1)
+    threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    rollout: RolloutSpec = RolloutSpec()
+    algo: AlgoSpec = AlgoSpec()
+    train: TrainSpec = TrainSpec()
+
+
+class SFTConfig(Section):
+    name: str = "sft"
+    out_dir: str = "runs"
+    seed: int = 0
+    data: str = Field("arithmetic:2", description="task spec to generate SFT examples from (or a .jsonl/.parquet)")
+    examples: int = Field(0, ge=0, description="size of a fixed labelled pool; 0 = a fresh problem every time")
+    steps: int = Field(300, ge=1)
+    batch_tokens: int = Field(4096, ge=64, description="tokens per packed batch")
+    seq_len: int = Field(256, ge=16, description="packed row length")
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    thinking: bool = True
+    eval_every: int = Field(0, ge=0, description="0 = only at the end")
+    eval_prompts: int = Field(100, ge=1)
+    stop_at_pass_rate: float | None = Field(None, gt=0, le=1, description="stop once greedy held-out pass@1 reaches this")
+    threads: int = Field(0, ge=0)
+    model: ModelSpec = ModelSpec()
+
+
+def _set_path(tree: dict, dotted: str, value, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise UserError(f"{source}: {dotted}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def _format(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{loc}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def load_config(cls: type[Section], path: str | None = None, overrides: list[str] = ()) -> Section:
+    """Build and validate `cls` from an optional YAML file plus `a.b=value` overrides (YAML-typed values)."""
+    tree: dict = {}
+    source = path or "config"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file {path!r} not found")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise UserError(f"{path}: the top level must be a mapping of config fields")
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r}: expected key=value (e.g. rollout.n=8)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        _set_path(tree, key.strip(), value, "override " + item)
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(_format(e, source)) from None
+
+
+def dump_config(cfg: Section) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,131 @@
+"""The embedded rollout engine: batched sampling with a KV cache, in the trainer's process.
+
+    engine = InProcessEngine(model)
+    groups = engine.generate(prompt_ids, SamplingParams(temperature=1.0, max_new_tokens=64), n=8)
+
+Each completion carries the sampled token ids and their log-probabilities under the sampling
+distribution (logits / temperature, before top-p truncation: the same quantity the trainer computes,
+so the two can be compared token by token). Weights are replaced in place with `load_weights`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0  # stop tokens are suppressed before this many tokens (fixed-shape benchmarks)
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class Completion:
+    tokens: list[int]  # response ids; ends with the stop token when finish_reason == "stop"
+    logprobs: list[float]  # one per token, under the sampling distribution
+    finish_reason: str  # "stop" | "length"
+    version: int = 0  # policy version of the weights that sampled it
+
+
+@dataclass
+class _Batch:
+    rows: list[int]  # original row index of each live batch row
+    done: list[bool] = field(default_factory=list)
+
+
+def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
+    """[B, V] float logits -> (token [B], logprob [B]) under softmax(logits / T)."""
+    if params.temperature <= 0:
+        logp = torch.log_softmax(logits, dim=-1)
+        token = logp.argmax(dim=-1)
+        return token, logp.gather(-1, token[:, None]).squeeze(-1)
+    logp = torch.log_softmax(logits / params.temperature, dim=-1)  # [B, V]
+    probs = logp.exp()
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+
+
+class InProcessEngine:
+    """Generation with a HF causal LM held by this engine (its own copy, or the trainer's model)."""
+
+    def __init__(self, model, pad_token_id: int = 0, max_batch: int = 256):
+        self.model = model.eval()
+        self.pad = pad_token_id
+        self.max_batch = max_batch
+        self.version = 0
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1,
+                 generator: torch.Generator | None = None) -> list[list[Completion]]:
+        """For each prompt, n completions (prompt-major: result[i][j] is sample j of prompt i)."""
+        flat = [p for p in prompts for _ in range(n)]
+        out: list[Completion] = []
+        for start in range(0, len(flat), self.max_batch):
+            out += self._generate_batch(flat[start:start + self.max_batch], params, generator)
+        return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator) -> list[Completion]:
+        B, P = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((B, P), self.pad, dtype=torch.long)
+        mask = torch.zeros((B, P), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every row's next token lands in the last column
+            ids[i, P - len(p):] = torch.tensor(p)
+            mask[i, P - len(p):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        stop = torch.tensor(params.stop_token_ids, dtype=torch.long)
+        tokens: list[list[int]] = [[] for _ in range(B)]
+        logprobs: list[list[float]] = [[] for _ in range(B)]
+        finish = ["length"] * B
+        live = torch.arange(B)  # original row index of each row still generating
+        cache = DynamicCache()
+        next_ids, next_pos = ids, positions
+        for step in range(params.max_new_tokens):
+            logits = self.model(input_ids=next_ids, attention_mask=mask, position_ids=next_pos, cache=cache,
+                                use_cache=True, logits_to_keep=1).logits[:, -1, :].float()  # [b, V]
+            if step < params.min_new_tokens and len(stop):
+                logits[:, stop] = float("-inf")
+            tok, lp = sample_token(logits, params, generator)
+            ended = torch.isin(tok, stop) if len(stop) else torch.zeros_like(tok, dtype=torch.bool)
+            for r, t, l, e in zip(live.tolist(), tok.tolist(), lp.tolist(), ended.tolist()):
+                tokens[r].append(t)
+                logprobs[r].append(l)
+                if e:
+                    finish[r] = "stop"
+            keep = ~ended
+            if not keep.any():
+                break
+            if not keep.all():  # drop finished rows from the batch and the cache
+                idx = keep.nonzero().squeeze(-1)
+                cache.batch_select_indices(idx)
+                live, mask, tok, next_pos = live[idx], mask[idx], tok[idx], next_pos[idx]
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=-1)
+            next_ids = tok[:, None]
+            next_pos = next_pos[:, -1:] + 1
+        return [Completion(tokens[i], logprobs[i], finish[i], self.version) for i in range(B)]
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> int:
+        """Copy tensors into the engine's parameters and buffers in place; returns bytes copied."""
+        own = dict(self.model.named_parameters())
+        own.update(self.model.named_buffers())
+        moved = 0
+        for name, tensor in named_tensors:
+            if name not in own:
+                raise KeyError(f"engine has no weight named {name!r}")
+            if own[name].data_ptr() != tensor.data_ptr():
+                own[name].copy_(tensor)
+            moved += tensor.numel() * tensor.element_size()
+        self.version = version
+        return moved

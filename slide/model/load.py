@@ -1,0 +1,32 @@
+"""Load or build the policy model; bad checkpoints become one-line user errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from slide.errors import UserError
+from slide.model.tiny import build_model, tiny_config
+
+
+def load_model(path: str, what: str = "model"):
+    """An HF causal LM from a local folder, in float32 for CPU training."""
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"{what} {path!r}: no such checkpoint folder")
+    if not (p / "config.json").is_file():
+        raise UserError(f"{what} {path!r}: not a Hugging Face checkpoint (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what} {path!r}: cannot load checkpoint ({first})") from None
+    return model.eval()
+
+
+def load_policy(init: str | None, size: str, tokenizer, seed: int):
+    """The checkpoint at `init`, or a fresh tiny glm4_moe at `size`."""
+    if init:
+        return load_model(init, "model.init")
+    return build_model(tiny_config(size, tokenizer), seed).eval()

@@ -1,0 +1,57 @@
+"""Prompt sources: which problems a run trains and evaluates on, with a resumable position."""
+from __future__ import annotations
+
+import random
+
+from slide.tasks import parse_task_specs
+from slide.tasks.base import Problem
+
+EVAL_SALT = 1_000_003  # eval problems come from their own RNG stream, never the training one
+
+
+def _draw(specs, rng: random.Random) -> Problem:
+    task, levels = specs[rng.randrange(len(specs))]
+    return task.generate(rng, levels[rng.randrange(len(levels))])
+
+
+def eval_problems(spec: str, count: int, seed: int) -> list[Problem]:
+    """`count` distinct held-out problems, spread evenly over the spec's (task, level) pairs."""
+    specs = parse_task_specs(spec)
+    pairs = [(task, level) for task, levels in specs for level in levels]
+    rng = random.Random(seed + EVAL_SALT)
+    seen, out = set(), []
+    for i in range(count * 20):
+        if len(out) == count:
+            break
+        task, level = pairs[i % len(pairs)]
+        p = task.generate(rng, level)
+        if p.prompt not in seen:
+            seen.add(p.prompt)
+            out.append(p)
+    return out
+
+
+class PromptSource:
+    """Training problems drawn from task specs; never one of the held-out prompts (best effort:
+    gives up after 100 redraws, e.g. for a dataset smaller than the held-out set)."""
+
+    def __init__(self, spec: str, seed: int, held_out: list[Problem] = ()):
+        self.specs = parse_task_specs(spec)
+        self.rng = random.Random(seed)
+        self.held_out = {p.prompt for p in held_out}
+
+    def next(self, k: int) -> list[Problem]:
+        out = []
+        for _ in range(k):
+            for _ in range(100):
+                p = _draw(self.specs, self.rng)
+                if p.prompt not in self.held_out:
+                    break
+            out.append(p)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])

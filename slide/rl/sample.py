@@ -1,0 +1,27 @@
+"""One trajectory record: the exact token ids the engine sampled, a loss mask, a status."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from slide.tasks.base import Problem
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    loss_mask: list[int]  # per response token: 1 = model-generated (trained), 0 = tool/environment
+    behaviour_logprobs: list[float]  # the engine's logprob of each response token
+    version: int  # policy version that sampled it
+    problem: Problem
+    group: int  # samples of one prompt share a group id
+    reward: float = 0.0
+    status: str = "completed"  # completed | truncated | aborted | failed
+    response_text: str = ""
+
+    def record(self, step: int) -> dict:
+        """The JSON row persisted for every trajectory."""
+        p = self.problem
+        return {"step": step, "group": self.group, "version": self.version, "family": p.family, "level": p.level,
+                "prompt": p.prompt, "answer": p.answer, "response": self.response_text, "reward": self.reward,
+                "status": self.status, "response_len": len(self.response_ids)}

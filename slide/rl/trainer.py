@@ -1,0 +1,139 @@
+"""The policy trainer: logprobs of sampled tokens, the GRPO update, optimizer and its state.
+
+Works on `Sample`s: the exact token ids the engine produced. A step splits the batch into
+micro-batches; the loss of each is aggregated with the WHOLE batch's token/sequence counts so that
+gradient accumulation equals one big batch.
+"""
+from __future__ import annotations
+
+import torch
+
+from slide.algo.grpo import AGGREGATIONS, kl_k3, masked_mean, policy_loss, tis_weights
+from slide.config import AlgoSpec, TrainSpec
+from slide.model.tiny import ExpertLoad
+from slide.rl.sample import Sample
+
+
+def collate(samples: list[Sample], pad_id: int):
+    """Right-padded prompt+response ids and masks for a micro-batch.
+
+    Returns ids [b, L], attention [b, L], response positions as (targets [b, R], mask [b, R],
+    behaviour [b, R], start [b]) where response token j of row i is predicted at index start_i + j.
+    """
+    L = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    R = max(len(s.response_ids) for s in samples)
+    b = len(samples)
+    ids = torch.full((b, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, L), dtype=torch.long)
+    targets = torch.full((b, R), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, R))
+    behaviour = torch.zeros((b, R))
+    start = torch.zeros(b, dtype=torch.long)
+    for i, s in enumerate(samples):
+        seq = s.prompt_ids + s.response_ids
+        ids[i, :len(seq)] = torch.tensor(seq)
+        attn[i, :len(seq)] = 1
+        r = len(s.response_ids)
+        targets[i, :r] = torch.tensor(s.response_ids)
+        mask[i, :r] = torch.tensor(s.loss_mask, dtype=torch.float)
+        behaviour[i, :r] = torch.tensor(s.behaviour_logprobs)
+        start[i] = len(s.prompt_ids) - 1
+    return ids, attn, targets, mask, behaviour, start
+
+
+def response_logprobs(model, ids, attn, targets, start, temperature: float) -> torch.Tensor:
+    """logprob of each response token under softmax(logits / T): [b, R] (padding positions arbitrary)."""
+    logits = model(input_ids=ids, attention_mask=attn).logits.float()  # [b, L, V]
+    R = targets.shape[1]
+    index = (start[:, None] + torch.arange(R)[None, :]).clamp(max=ids.shape[1] - 1)  # [b, R]
+    picked = logits.gather(1, index[:, :, None].expand(-1, -1, logits.shape[-1]))  # [b, R, V]
+    logp = torch.log_softmax(picked / temperature, dim=-1)
+    return logp.gather(-1, targets[:, :, None]).squeeze(-1)
+
+
+class PolicyTrainer:
+    def __init__(self, model, train: TrainSpec, algo: AlgoSpec, temperature: float, pad_id: int,
+                 router_bias_rate: float, ref_model=None):
+        self.model, self.train_cfg, self.algo = model, train, algo
+        self.temperature, self.pad = temperature, pad_id
+        self.router_bias_rate = router_bias_rate
+        self.ref_model = ref_model  # only when kl_coef > 0
+        self.opt = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=train.betas,
+                                     weight_decay=train.weight_decay)
+        self.load = ExpertLoad(model)
+        self.updates = 0
+
+    def _micro_batches(self, samples: list[Sample]):
+        mb = self.train_cfg.micro_batch
+        order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
+        for k in range(0, len(order), mb):  # length-sorted micro-batches waste little padding
+            yield [samples[i] for i in order[k:k + mb]]
+
+    @torch.no_grad()
+    def old_logprobs(self, batches) -> list[torch.Tensor]:
+        """The trainer's own logprobs before the update, micro-batch by micro-batch (no grad)."""
+        self.model.eval()
+        out = []
+        for mb in batches:
+            ids, attn, targets, mask, behaviour, start = collate(mb, self.pad)
+            out.append(response_logprobs(self.model, ids, attn, targets, start, self.temperature))
+        return out
+
+    def step(self, samples: list[Sample], advantages: dict[int, float]) -> dict[str, float]:
+        """One optimizer update on `samples`; advantages keyed by id(sample). Returns metrics."""
+        batches = list(self._micro_batches(samples))
+        olds = self.old_logprobs(batches)
+        num_tokens = float(sum(sum(s.loss_mask) for s in samples))
+        num_seqs = float(len(samples))
+        aggregate = AGGREGATIONS[self.algo.loss_agg]
+        lr_scale = min(1.0, (self.updates + 1) / self.train_cfg.warmup_steps) if self.train_cfg.warmup_steps else 1.0
+        for group in self.opt.param_groups:
+            group["lr"] = self.train_cfg.lr * lr_scale
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        sums = dict(loss=0.0, kl=0.0, clipfrac=0.0, ratio_max=1.0, ratio_dev=0.0, gap_max=0.0, gap_sum=0.0, tis_mean=0.0)
+        for mb, old in zip(batches, olds):
+            ids, attn, targets, mask, behaviour, start = collate(mb, self.pad)
+            adv = torch.tensor([advantages[id(s)] for s in mb])  # [b]
+            logp = response_logprobs(self.model, ids, attn, targets, start, self.temperature)  # [b, R]
+            per_token, stats = policy_loss(logp, old, adv, self.algo.clip_low, self.algo.clip_high)
+            weights = tis_weights(old, behaviour, self.algo.tis_cap)  # correct the engine/trainer mismatch
+            per_token = per_token * weights
+            if self.algo.kl_coef > 0:
+                with torch.no_grad():
+                    ref = response_logprobs(self.ref_model, ids, attn, targets, start, self.temperature)
+                kl = kl_k3(logp, ref)
+                per_token = per_token + self.algo.kl_coef * kl
+                sums["kl"] += float((kl * mask).sum())
+            loss = aggregate(per_token, mask, num_tokens, num_seqs)
+            loss.backward()
+            m = mask.bool()
+            gap = (old - behaviour).abs()[m]
+            sums["loss"] += float(loss.detach())
+            sums["clipfrac"] += float(stats["clipped"][m].float().sum())
+            sums["ratio_max"] = max(sums["ratio_max"], float(stats["ratio"][m].max())) if m.any() else sums["ratio_max"]
+            sums["ratio_dev"] = max(sums["ratio_dev"], float((stats["ratio"][m] - 1).abs().max())) if m.any() else sums["ratio_dev"]
+            sums["gap_max"] = max(sums["gap_max"], float(gap.max())) if m.any() else sums["gap_max"]
+            sums["gap_sum"] += float(gap.sum())
+            sums["tis_mean"] += float(weights[m].sum())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip)
+        self.opt.step()
+        self.updates += 1
+        balance = self.load.update_bias(self.router_bias_rate)
+        self.model.eval()
+        tokens = max(num_tokens, 1.0)
+        return {"loss": sums["loss"], "grad_norm": float(grad_norm), "lr": self.train_cfg.lr * lr_scale,
+                "clipfrac": sums["clipfrac"] / tokens, "ratio_max": sums["ratio_max"],
+                "ratio_dev_max": sums["ratio_dev"], "logprob_gap_max": sums["gap_max"],
+                "logprob_gap_mean": sums["gap_sum"] / tokens, "tis_weight_mean": sums["tis_mean"] / tokens,
+                "kl": sums["kl"] / tokens, "train_tokens": num_tokens, **balance}
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "updates": self.updates,
+                "expert_counts": [c.clone() for c in self.load.counts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.updates = state["updates"]
+        for c, saved in zip(self.load.counts, state["expert_counts"]):
+            c.copy_(saved)

@@ -1,0 +1,146 @@
+"""The run directory: nothing lost, everything resumable.
+
+    runs/NAME/config.yaml        resolved config (never rewritten on resume)
+    runs/NAME/metrics.jsonl      one JSON object per step (+ TensorBoard events in tb/)
+    runs/NAME/trajectories.jsonl every sampled trajectory (prompt, response, reward, version, status)
+    runs/NAME/eval.jsonl         periodic held-out evaluations
+    runs/NAME/checkpoints/step_000010/{model/ (HF folder), state.pt}
+
+Checkpoints are written to a temporary folder and renamed, so a kill -9 mid-save leaves the previous
+one intact. On resume, rows logged after the checkpoint are dropped so the continued run's files are
+exactly those of a run never stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slide.errors import UserError
+
+CKPT_PREFIX = "step_"
+
+
+class NullWriter:
+    def add_scalar(self, *a, **k): ...
+    def flush(self): ...
+    def close(self): ...
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class RunDir:
+    def __init__(self, path: Path, tensorboard: bool = True, purge_step: int | None = None):
+        self.path = path
+        self.ckpt_dir = path / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(path / "tb"), purge_step=purge_step)
+        else:
+            self.tb = NullWriter()
+
+    @classmethod
+    def create(cls, out_dir: str, name: str, config_yaml: str, **kw) -> "RunDir":
+        """A new run folder; refuses to touch an existing non-empty one."""
+        path = Path(out_dir) / name
+        if path.exists() and any(path.iterdir()):
+            raise UserError(f"run directory {str(path)!r} already exists; pass --resume {path} to continue it, "
+                            f"or choose another name=...")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.yaml").write_text(config_yaml)
+        return cls(path, **kw)
+
+    @classmethod
+    def open(cls, path: str) -> tuple["RunDir", Path | None]:
+        """An existing run and its latest complete checkpoint (None if it has none)."""
+        p = Path(path)
+        if not (p / "config.yaml").is_file():
+            raise UserError(f"--resume {path!r}: not a run directory (no config.yaml)")
+        ckpt = latest_checkpoint(p / "checkpoints")
+        step = int(ckpt.name[len(CKPT_PREFIX):]) if ckpt else 0
+        run = cls(p, purge_step=step + 1)
+        run.truncate_after(step)
+        return run, ckpt
+
+    # -- logs ---------------------------------------------------------------------------------
+    def _append(self, name: str, rows: list[dict]) -> None:
+        with open(self.path / name, "a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def log_metrics(self, step: int, metrics: dict) -> None:
+        self._append("metrics.jsonl", [{"step": step, **metrics}])
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)):
+                self.tb.add_scalar(k, v, step)
+        self.tb.flush()
+
+    def log_trajectories(self, rows: list[dict]) -> None:
+        self._append("trajectories.jsonl", rows)
+
+    def log_eval(self, step: int, result: dict) -> None:
+        self._append("eval.jsonl", [{"step": step, **result}])
+        for k, v in result.get("summary", {}).items():
+            self.tb.add_scalar(f"eval/{k}", v, step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows with step > `step` from every log (they were written after the last checkpoint)."""
+        for name in ("metrics.jsonl", "trajectories.jsonl", "eval.jsonl"):
+            f = self.path / name
+            if not f.exists():
+                continue
+            keep = []
+            for line in f.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= step:
+                        keep.append(line)
+                except (json.JSONDecodeError, KeyError):
+                    break  # a torn last line from a kill mid-write
+            tmp = f.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            tmp.replace(f)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self, step: int, model, tokenizer, state: dict, keep: int = 3) -> Path:
+        final = self.ckpt_dir / f"{CKPT_PREFIX}{step:06d}"
+        tmp = self.ckpt_dir / f".tmp-{CKPT_PREFIX}{step:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        torch.save({"step": step, "rng": rng_state(), **state}, tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(self.ckpt_dir.glob(f"{CKPT_PREFIX}*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    done = sorted(p for p in ckpt_dir.glob(f"{CKPT_PREFIX}*") if (p / "state.pt").is_file())
+    return done[-1] if done else None
+
+
+def load_state(ckpt: Path) -> dict:
+    try:
+        return torch.load(ckpt / "state.pt", weights_only=False)
+    except Exception as e:
+        raise UserError(f"checkpoint {str(ckpt)!r}: state.pt unreadable ({type(e).__name__})") from None
