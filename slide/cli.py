@@ -1,0 +1,165 @@
+"""The `slide` command.
+
+    slide demo                                   # SFT -> RL -> eval on the demo-size tiny GLM, CPU
+    slide sft CONFIG [key=value ...]             # cold-start SFT
+    slide rl CONFIG [key=value ...]              # colocated synchronous RL
+    slide rl --resume RUN_DIR                    # continue a killed run
+    slide eval --model DIR --data SPEC [--k N]   # pass@1 / pass@k per family and level
+    slide bench --model DIR --prompts P --gens G --len L --steps S
+
+Bad input (config, data, checkpoint, flag) prints one line `error: ...` and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from slide.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _config_args(a) -> tuple[str | None, list[str]]:
+    """`slide rl steps=5` has no file: a first positional with '=' that is not a file is an override."""
+    if a.config and "=" in a.config and not Path(a.config).exists():
+        return None, [a.config, *a.overrides]
+    return a.config, list(a.overrides)
+
+
+def _threads(n: int) -> None:
+    import torch
+    torch.set_num_threads(n or os.cpu_count() or 1)
+
+
+def _quiet() -> None:
+    import transformers
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def cmd_sft(a) -> None:
+    from slide import sft
+    from slide.config import SFTConfig, dump_config, load_config
+    from slide.progress import StepProgress
+    from slide.rundir import RunDir
+    cfg = load_config(SFTConfig, *_config_args(a))
+    _threads(cfg.threads)
+    run_dir = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg))
+    with StepProgress("sft", cfg.steps, ["loss", "eval_pass@1"]) as bar:
+        result = sft.run(cfg, run_dir, progress=bar.update)
+    run_dir.close()
+    print(f"sft: held-out pass@1 {result['summary']['pass@1']:.3f}; model in {run_dir.path / 'final'}")
+
+
+def cmd_rl(a) -> None:
+    from slide.config import RLConfig, dump_config, load_config
+    from slide.progress import StepProgress
+    from slide.rl import sync
+    from slide.rundir import RunDir
+    if a.resume:
+        if a.config or a.overrides:
+            raise UserError("slide rl --resume RUN_DIR takes no config or overrides (the run's own config is used)")
+        run_dir, ckpt = RunDir.open(a.resume)
+        cfg = load_config(RLConfig, str(run_dir.path / "config.yaml"))
+    else:
+        cfg = load_config(RLConfig, *_config_args(a))
+        run_dir, ckpt = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg)), None
+    _threads(cfg.threads)
+    with StepProgress("rl", cfg.steps, ["reward_mean", "eval_pass@1"], start=0 if ckpt is None else
+                      int(ckpt.name.split("_")[-1])) as bar:
+        result = sync.run(cfg, run_dir, ckpt, progress=bar.update)
+    run_dir.close()
+    if result:
+        print(f"rl: held-out pass@1 {result['summary']['pass@1']:.3f}; run in {run_dir.path}")
+
+
+def cmd_eval(a) -> None:
+    from slide.engine.inprocess import InProcessEngine
+    from slide.eval.passk import evaluate, verifiers
+    from slide.eval.table import print_eval
+    from slide.model.load import load_model
+    from slide.model.tokenizer import load_tokenizer
+    from slide.rl.data import eval_problems
+    if a.k < 1:
+        raise UserError(f"--k must be >= 1, got {a.k}")
+    _threads(0)
+    model = load_model(a.model, "--model")
+    tok = load_tokenizer(a.model if (Path(a.model) / "tokenizer.json").is_file() else None)
+    problems = eval_problems(a.data, a.prompts, a.seed)
+    result = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(a.data), k=a.k,
+                      temperature=a.temperature, max_new_tokens=a.max_new_tokens)
+    print_eval(result)
+    out = Path(a.out or Path(a.model) / "eval.json")
+    out.write_text(json.dumps({"model": a.model, "data": a.data, **result}, indent=2))
+    print(f"written: {out}")
+
+
+def cmd_demo(a) -> None:
+    from slide.demo import run_demo
+    run_demo(a.out, quick=a.quick)
+
+
+def cmd_bench(a) -> None:
+    from slide.bench import run_bench
+    run_bench(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="slide", description="RL post-training for reasoning and agentic LLMs (GLM-4.5 recipe)")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    s = sub.add_parser("sft", help="cold-start SFT")
+    s.add_argument("config", nargs="?")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(fn=cmd_sft)
+    r = sub.add_parser("rl", help="colocated synchronous RL")
+    r.add_argument("config", nargs="?")
+    r.add_argument("overrides", nargs="*")
+    r.add_argument("--resume", metavar="RUN_DIR")
+    r.set_defaults(fn=cmd_rl)
+    e = sub.add_parser("eval", help="pass@k per task family and level")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True, help="task spec, e.g. arithmetic:1-3,countdown:2 or data.jsonl")
+    e.add_argument("--k", type=int, default=1)
+    e.add_argument("--prompts", type=int, default=200)
+    e.add_argument("--temperature", type=float, default=1.0)
+    e.add_argument("--max-new-tokens", type=int, default=96)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", help="JSON output (default MODEL/eval.json)")
+    e.set_defaults(fn=cmd_eval)
+    d = sub.add_parser("demo", help="SFT -> RL -> eval on the demo-size tiny GLM (CPU)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--quick", action="store_true", help="test-size model, a few steps (smoke test)")
+    d.set_defaults(fn=cmd_demo)
+    b = sub.add_parser("bench", help="fixed-shape RL step benchmark on a local HF causal LM")
+    b.add_argument("--model", required=True)
+    b.add_argument("--prompts", type=int, default=8)
+    b.add_argument("--gens", type=int, default=8)
+    b.add_argument("--len", type=int, default=32)
+    b.add_argument("--steps", type=int, default=5)
+    b.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        _quiet()
+        args.fn(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is intact (slide rl --resume RUN_DIR)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

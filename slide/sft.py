@@ -1,0 +1,144 @@
+"""Cold-start SFT: teach the chat format and a reasoning style from generated, verified solutions.
+
+    slide sft configs/sft_arithmetic.yaml steps=400 examples=2000
+
+Examples are chat-formatted (GLM template) with the prompt masked out of the loss; whole examples are
+packed into fixed-length rows with a block-diagonal causal mask and per-example positions, so packing
+never lets one example see another; the loss is the mean over all target tokens of a batch.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import torch
+
+from slide.config import SFTConfig
+from slide.engine.inprocess import InProcessEngine
+from slide.eval.passk import evaluate, verifiers
+from slide.model.load import load_policy
+from slide.model.tiny import ExpertLoad
+from slide.model.tokenizer import assistant_text, chat_prompt, load_tokenizer
+from slide.rl.data import PromptSource, eval_problems
+from slide.rundir import RunDir
+from slide.tasks.base import Problem
+
+
+def encode_example(tok, problem: Problem, thinking: bool) -> tuple[list[int], list[int]]:
+    """(ids, loss mask) of prompt + target; only the target (what the model writes) is trained."""
+    prompt = chat_prompt(tok, [{"role": "user", "content": problem.prompt}], thinking=thinking)
+    target = assistant_text(problem.reasoning if thinking else "", problem.solution or problem.answer)
+    if not thinking:  # the non-thinking generation prompt already holds the empty think block
+        target = target.removeprefix("<think></think>\n")
+    p = tok.encode(prompt, add_special_tokens=False)
+    t = tok.encode(target, add_special_tokens=False)
+    return p + t, [0] * len(p) + [1] * len(t)
+
+
+def pack(examples: list[tuple[list[int], list[int]]], seq_len: int, pad: int):
+    """Greedy first-fit packing of whole examples into rows.
+
+    Returns ids [R, L], labels [R, L] (-100 where not trained), positions [R, L], mask [R, 1, L, L] (bool).
+    """
+    rows: list[list[tuple[list[int], list[int]]]] = []
+    room: list[int] = []
+    for ex in sorted(examples, key=lambda e: -len(e[0])):
+        ex = (ex[0][:seq_len], ex[1][:seq_len])
+        i = next((r for r, free in enumerate(room) if free >= len(ex[0])), None)
+        if i is None:
+            rows.append([]), room.append(seq_len)
+            i = len(rows) - 1
+        rows[i].append(ex)
+        room[i] -= len(ex[0])
+    R, L = len(rows), seq_len
+    ids = torch.full((R, L), pad, dtype=torch.long)
+    labels = torch.full((R, L), -100, dtype=torch.long)
+    pos = torch.zeros((R, L), dtype=torch.long)
+    doc = torch.full((R, L), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for d, (x, m) in enumerate(row):
+            n = len(x)
+            ids[r, at:at + n] = torch.tensor(x)
+            # label of position i is token i+1, trained where token i+1 is a target token
+            lab = torch.tensor(x[1:] + [pad])
+            keep = torch.tensor(m[1:] + [0], dtype=torch.bool)
+            labels[r, at:at + n] = torch.where(keep, lab, torch.full_like(lab, -100))
+            pos[r, at:at + n] = torch.arange(n)
+            doc[r, at:at + n] = d
+            at += n
+    causal = torch.tril(torch.ones(L, L, dtype=torch.bool))
+    mask = (doc[:, :, None] == doc[:, None, :]) & causal & (doc[:, :, None] >= 0)
+    mask |= torch.eye(L, dtype=torch.bool)  # padding rows attend to themselves (no NaN), never trained
+    return ids, labels, pos, mask[:, None]
+
+
+class ExampleStream:
+    """SFT problems: a fixed labelled pool of `examples` (shuffled each epoch) or fresh ones (examples=0)."""
+
+    def __init__(self, cfg: SFTConfig, held_out: list[Problem]):
+        self.source = PromptSource(cfg.data, cfg.seed, held_out)
+        self.pool = self.source.next(cfg.examples) if cfg.examples else None
+        self.rng = random.Random(cfg.seed + 1)
+        self.order: list[int] = []
+
+    def next(self, k: int) -> list[Problem]:
+        if self.pool is None:
+            return self.source.next(k)
+        out = []
+        while len(out) < k:
+            if not self.order:
+                self.order = list(range(len(self.pool)))
+                self.rng.shuffle(self.order)
+            out.append(self.pool[self.order.pop()])
+        return out
+
+
+def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
+    """Train, evaluating held-out greedy pass@1 every eval_every steps; saves `final/` (an HF folder)."""
+    torch.manual_seed(cfg.seed)
+    tok = load_tokenizer()
+    model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)
+    load = ExpertLoad(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    held_out = eval_problems(cfg.data, cfg.eval_prompts, cfg.seed)
+    verify = verifiers(cfg.data)
+    stream = ExampleStream(cfg, held_out)
+    engine = InProcessEngine(model, pad_token_id=tok.pad_token_id)  # shares the weights: eval needs no sync
+    mean_len = sum(len(encode_example(tok, p, cfg.thinking)[0]) for p in stream.next(32)) / 32
+    per_batch = max(1, int(cfg.batch_tokens / mean_len))
+    last: dict = {}
+    seen_tokens = 0
+    t0 = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
+        lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # cosine to 10%, as GLM
+        for g in opt.param_groups:
+            g["lr"] = lr
+        ids, labels, pos, mask = pack([encode_example(tok, p, cfg.thinking) for p in stream.next(per_batch)],
+                                      cfg.seq_len, tok.pad_token_id)
+        model.train()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        balance = load.update_bias(cfg.model.router_bias_rate)
+        model.eval()
+        seen_tokens += int((labels != -100).sum())
+        metrics = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": lr, "target_tokens": seen_tokens,
+                   "elapsed_s": time.perf_counter() - t0, **balance}
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+            last = evaluate(engine, tok, held_out, verify, k=1, thinking=cfg.thinking)
+            run_dir.log_eval(step, last)
+            metrics["eval_pass@1"] = last["summary"]["pass@1"]
+        run_dir.log_metrics(step, metrics)
+        if progress:
+            progress(step, metrics)
+        if cfg.stop_at_pass_rate is not None and metrics.get("eval_pass@1", 0.0) >= cfg.stop_at_pass_rate:
+            break
+    model.save_pretrained(run_dir.path / "final")
+    tok.save_pretrained(run_dir.path / "final")
+    return last
