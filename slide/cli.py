@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from slide.errors import UserError
+from slide.preflight import check_inputs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,6 +50,7 @@ def cmd_sft(a) -> None:
     from slide.progress import StepProgress
     from slide.rundir import RunDir
     cfg = load_config(SFTConfig, *_config_args(a))
+    check_inputs([cfg.data], cfg.model.init)
     _threads(cfg.threads)
     run_dir = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg))
     with StepProgress("sft", cfg.steps, ["loss", "eval_pass@1"]) as bar:
@@ -69,6 +71,7 @@ def cmd_rl(a) -> None:
         cfg = load_config(RLConfig, str(run_dir.path / "config.yaml"))
     else:
         cfg = load_config(RLConfig, *_config_args(a))
+        check_inputs([cfg.data.train, cfg.data.eval], cfg.model.init)
         run_dir, ckpt = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg)), None
     _threads(cfg.threads)
     with StepProgress("rl", cfg.steps, ["reward_mean", "eval_pass@1"], start=0 if ckpt is None else

@@ -9,14 +9,14 @@ from __future__ import annotations
 import torch
 from transformers import Glm4MoeConfig, Glm4MoeForCausalLM
 
-# name -> sizes. "test" (~4.5M params) keeps the test suite fast; "demo" (~23M) is the CPU demo model.
+# name -> sizes. "test" (~4.5M params) keeps the test suite fast; "demo" (~20M) is the CPU demo model.
 SIZES: dict[str, dict] = {
     # "Deeper, narrower" and sparse like GLM: many small experts, 2 active + 1 shared, so the parameter
-    # count is 4-5x the per-token compute (a 2-core CPU trains the demo model at ~3K tokens/s).
+    # count is ~8x the per-token compute (a 2-core CPU trains the demo model at ~2-4K tokens/s).
     "test": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=384, moe_intermediate_size=128, n_routed_experts=24, num_experts_per_tok=2),
-    "demo": dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=576, moe_intermediate_size=192, n_routed_experts=40, num_experts_per_tok=2),
+    "demo": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=384, moe_intermediate_size=128, n_routed_experts=80, num_experts_per_tok=2),
 }
 
 

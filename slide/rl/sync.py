@@ -8,6 +8,7 @@ The trainer and the in-process engine share the process (and the CPU) and take t
 from __future__ import annotations
 
 import copy
+import math
 import time
 from contextlib import contextmanager
 
@@ -75,14 +76,18 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
         sampler = DynamicSampler(cfg.rollout.prompts_per_step, keep_all=not cfg.algo.dynamic_sampling)
         seen = []
         with timer("rollout"):
+            want = sampler.missing
             for _ in range(cfg.algo.max_sample_rounds):
-                problems = source.next(sampler.missing)
+                problems = source.next(want)
                 groups = rollout_groups(engine, tok, problems, sampling, cfg.rollout.n, reward,
                                         cfg.rollout.thinking, first_group=len(seen), generator=gen)
                 seen += groups
                 sampler.add(groups, torch.tensor([[s.reward for s in g] for g in groups]))
                 if sampler.full:
                     break
+                # over-sample by the observed keep rate so the next round likely fills the batch
+                keep_rate = max(len(sampler) / len(seen), 1 / 4)
+                want = min(4 * cfg.rollout.prompts_per_step, math.ceil(sampler.missing / keep_rate))
             batch = sampler.take(allow_short=True)
         # 2. advantages: group-normalised rewards, one value per sequence
         advantages = {}

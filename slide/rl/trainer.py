@@ -1,6 +1,6 @@
 """The policy trainer: logprobs of sampled tokens, the GRPO update, optimizer and its state.
 
-Works on `Sample`s: the exact token ids the engine produced. A step splits the batch into
+Works on `Sample`s: the exact token ids the engine produced. A step is one optimizer update per rollout batch (strictly on-policy); it splits the batch into
 micro-batches; the loss of each is aggregated with the WHOLE batch's token/sequence counts so that
 gradient accumulation equals one big batch.
 """
@@ -53,11 +53,12 @@ def response_logprobs(model, ids, attn, targets, start, temperature: float) -> t
 
 class PolicyTrainer:
     def __init__(self, model, train: TrainSpec, algo: AlgoSpec, temperature: float, pad_id: int,
-                 router_bias_rate: float, ref_model=None):
+                 router_bias_rate: float, ref_model=None, autocast: torch.dtype = torch.float32):
         self.model, self.train_cfg, self.algo = model, train, algo
         self.temperature, self.pad = temperature, pad_id
         self.router_bias_rate = router_bias_rate
         self.ref_model = ref_model  # only when kl_coef > 0
+        self.autocast = autocast  # bf16: mixed-precision forward/backward, fp32 master weights and optimizer
         self.opt = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=train.betas,
                                      weight_decay=train.weight_decay)
         self.load = ExpertLoad(model)
@@ -69,20 +70,9 @@ class PolicyTrainer:
         for k in range(0, len(order), mb):  # length-sorted micro-batches waste little padding
             yield [samples[i] for i in order[k:k + mb]]
 
-    @torch.no_grad()
-    def old_logprobs(self, batches) -> list[torch.Tensor]:
-        """The trainer's own logprobs before the update, micro-batch by micro-batch (no grad)."""
-        self.model.eval()
-        out = []
-        for mb in batches:
-            ids, attn, targets, mask, behaviour, start = collate(mb, self.pad)
-            out.append(response_logprobs(self.model, ids, attn, targets, start, self.temperature))
-        return out
-
     def step(self, samples: list[Sample], advantages: dict[int, float]) -> dict[str, float]:
         """One optimizer update on `samples`; advantages keyed by id(sample). Returns metrics."""
         batches = list(self._micro_batches(samples))
-        olds = self.old_logprobs(batches)
         num_tokens = float(sum(sum(s.loss_mask) for s in samples))
         num_seqs = float(len(samples))
         aggregate = AGGREGATIONS[self.algo.loss_agg]
@@ -92,10 +82,15 @@ class PolicyTrainer:
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
         sums = dict(loss=0.0, kl=0.0, clipfrac=0.0, ratio_max=1.0, ratio_dev=0.0, gap_max=0.0, gap_sum=0.0, tis_mean=0.0)
-        for mb, old in zip(batches, olds):
+        for mb in batches:
             ids, attn, targets, mask, behaviour, start = collate(mb, self.pad)
             adv = torch.tensor([advantages[id(s)] for s in mb])  # [b]
-            logp = response_logprobs(self.model, ids, attn, targets, start, self.temperature)  # [b, R]
+            with torch.autocast("cpu", dtype=self.autocast, enabled=self.autocast != torch.float32):
+                logp = response_logprobs(self.model, ids, attn, targets, start, self.temperature)  # [b, R]
+            # One update per rollout batch: the weights that would compute the "old" logprobs are the
+            # current ones, so old = logp.detach() (ratio exactly 1 on this update; saves a forward).
+            # The engine/trainer mismatch is corrected against the engine's logprobs by TIS below.
+            old = logp.detach()
             per_token, stats = policy_loss(logp, old, adv, self.algo.clip_low, self.algo.clip_high)
             weights = tis_weights(old, behaviour, self.algo.tis_cap)  # correct the engine/trainer mismatch
             per_token = per_token * weights

@@ -5,6 +5,7 @@ verifier must score arbitrary model output.
 """
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from fractions import Fraction
@@ -84,6 +85,11 @@ def numbers_equal(a: str, b: str) -> bool:
 def exact_or_numeric(pred: str, ref: str) -> bool:
     """Stripped string equality, or exact numeric equality."""
     return pred.strip() == ref.strip() or numbers_equal(pred, ref)
+
+
+# In reward threads math_verify runs without its SIGALRM timeout and warns once; SLIDE bounds every
+# reward call itself (slide/rl/reward.py), so that warning is noise.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
 def math_verify_equal(pred: str, ref: str) -> bool:

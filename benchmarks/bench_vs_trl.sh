@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Side-by-side RL step time: `slide bench` vs TRL's GRPOTrainer (../shared/bench/trl_grpo.py), same model
+# folder, same workload, one machine, run back to back so the ratio is meaningful on a noisy machine.
+#   bash benchmarks/bench_vs_trl.sh [HIDDEN LAYERS LEN]     # default: 512 8 128 (the 25M model)
+# TRL goes into its own venv (.venv-trl) so it never touches SLIDE's pinned dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HIDDEN=${1:-512}; LAYERS=${2:-8}; LEN=${3:-128}
+SHARED=${SHARED:-../shared}
+bash scripts/setup.sh
+if [ ! -x .venv-trl/bin/python ]; then
+  python3 -m venv .venv-trl
+  .venv-trl/bin/pip install -q torch==2.13.0 transformers==5.24.0 trl==1.16.0 datasets accelerate
+fi
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+MODEL="$OUT/model_h${HIDDEN}_l${LAYERS}"
+[ -f "$MODEL/config.json" ] || .venv/bin/python "$SHARED/bench/tiny_model.py" "$MODEL" --hidden "$HIDDEN" --layers "$LAYERS"
+ARGS="--prompts 8 --gens 8 --len $LEN --steps 5"
+LOG="$OUT/h${HIDDEN}_l${LAYERS}_len${LEN}.log"
+{
+  echo "== slide bench fp32";  .venv/bin/slide bench --model "$MODEL" $ARGS --dtype fp32
+  echo "== slide bench bf16";  .venv/bin/slide bench --model "$MODEL" $ARGS --dtype bf16
+  echo "== trl bf16";          .venv-trl/bin/python "$SHARED/bench/trl_grpo.py" "$MODEL" $ARGS --bf16
+  echo "== trl fp32";          .venv-trl/bin/python "$SHARED/bench/trl_grpo.py" "$MODEL" $ARGS
+} 2>&1 | grep -E "^(==|bench:|phases|steps=)" | tee "$LOG"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.11) and installs SLIDE with pinned dependencies. Idempotent.
+# torch is pinned to 2.13.0, the CPU wheel on this kind of machine; install it first so that no
+# other package pulls a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --disable-pip-version-check torch==2.13.0
+python -m pip install -q --disable-pip-version-check -e ".[test]"

@@ -1,0 +1,93 @@
+"""A fixed-shape RL step benchmark on any local Hugging Face causal LM.
+
+    slide bench --model DIR --prompts 8 --gens 8 --len 128 --steps 5 [--dtype bf16]
+
+Each step: P prompts x G generations of exactly L new tokens (stop tokens suppressed), a reward,
+group advantages, one GRPO update, and the weight push into the engine. The same workload as
+shared/bench/trl_grpo.py, so the two can be timed side by side. The last line is machine-readable:
+`bench: step_s_median=... gen_tok_s=... peak_rss_mb=...`.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import resource
+import statistics
+import time
+
+import torch
+from transformers import AutoTokenizer
+
+from slide.algo.grpo import group_advantages
+from slide.config import AlgoSpec, TrainSpec
+from slide.engine.inprocess import InProcessEngine, SamplingParams
+from slide.errors import UserError
+from slide.model.load import load_model
+from slide.rl.sample import Sample
+from slide.rl.trainer import PolicyTrainer
+from slide.tasks.base import Problem
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_bench(a) -> dict:
+    for name in ("prompts", "gens", "len", "steps"):
+        if getattr(a, name) < 1:
+            raise UserError(f"--{name} must be >= 1, got {getattr(a, name)}")
+    if a.gens < 2:
+        raise UserError("--gens must be >= 2 (GRPO needs a group)")
+    torch.manual_seed(0)
+    policy = load_model(a.model, "--model")
+    try:
+        tok = AutoTokenizer.from_pretrained(a.model)
+    except Exception as e:
+        raise UserError(f"--model {a.model!r}: cannot load its tokenizer ({type(e).__name__})") from None
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    engine = InProcessEngine(copy.deepcopy(policy).to(dtype), pad_token_id=pad)  # rollout copy at rollout precision
+    trainer = PolicyTrainer(policy, TrainSpec(lr=1e-5, micro_batch=a.prompts * a.gens), AlgoSpec(),
+                            temperature=1.0, pad_id=pad, router_bias_rate=0.0, autocast=dtype)
+    params = SamplingParams(temperature=1.0, max_new_tokens=a.len, min_new_tokens=a.len,
+                            stop_token_ids=tuple(t for t in [tok.eos_token_id] if t is not None))
+    rng = random.Random(0)
+    gen = torch.Generator().manual_seed(0)
+    times: dict[str, list[float]] = {k: [] for k in ("generate", "logprobs", "train", "sync", "step")}
+    for step in range(a.steps):
+        t0 = time.perf_counter()
+        pairs = [(rng.randint(10, 99), rng.randint(10, 99)) for _ in range(a.prompts)]
+        problems = [Problem(prompt=f"{x}+{y}=", answer=str(x + y), family="sum", level=1) for x, y in pairs]
+        prompts = [tok.encode(p.prompt, add_special_tokens=False) for p in problems]
+        out = engine.generate(prompts, params, n=a.gens, generator=gen)
+        t1 = time.perf_counter()
+        groups = []
+        for g, (p, ids, comps) in enumerate(zip(problems, prompts, out)):
+            group = []
+            for c in comps:
+                text = tok.decode(c.tokens, skip_special_tokens=True)
+                group.append(Sample(ids, c.tokens, [1] * len(c.tokens), c.logprobs, c.version, p, g,
+                                    reward=float(text.strip().startswith(p.answer))))
+            groups.append(group)
+        adv = group_advantages(torch.tensor([[s.reward for s in g] for g in groups]))
+        advantages = {id(s): float(v) for g, row in zip(groups, adv) for s, v in zip(g, row)}
+        t2 = time.perf_counter()
+        trainer.step([s for g in groups for s in g], advantages)
+        t3 = time.perf_counter()
+        engine.load_weights(((k, v.to(dtype)) for k, v in policy.state_dict().items()), version=step + 1)
+        t4 = time.perf_counter()
+        for k, v in (("generate", t1 - t0), ("logprobs", 0.0), ("train", t3 - t2), ("sync", t4 - t3),
+                     ("step", t4 - t0)):
+            times[k].append(v)
+        print(f"step {step + 1}: {t4 - t0:.3f} s (generate {t1 - t0:.3f}, train {t3 - t2:.3f}, sync {t4 - t3:.3f})",
+              flush=True)
+    steady = {k: v[1:] or v for k, v in times.items()}  # the first step warms caches, as in the TRL script
+    med = {k: statistics.median(v) for k, v in steady.items()}
+    tokens = a.prompts * a.gens * a.len
+    result = {"step_s_median": med["step"], "gen_tok_s": tokens / med["generate"], "peak_rss_mb": _peak_rss_mb(),
+              **{f"{k}_s_median": med[k] for k in ("generate", "logprobs", "train", "sync")}}
+    print(f"phases (median s): generate={med['generate']:.3f} logprobs=0.000 (fused into the train forward) "
+          f"train={med['train']:.3f} sync={med['sync']:.3f}  dtype={a.dtype} threads={torch.get_num_threads()}")
+    print(f"bench: step_s_median={med['step']:.3f} gen_tok_s={tokens / med['generate']:.0f} "
+          f"peak_rss_mb={result['peak_rss_mb']:.0f}")
+    return result

@@ -1,0 +1,97 @@
+"""The CPU demo: cold-start SFT -> GRPO -> held-out evaluation, on the demo-size tiny GLM.
+
+    slide demo                 # ~15 min on 2 cores; writes runs/demo/{sft,rl,summary.json,curves.png}
+    slide demo --quick         # test-size model, a few steps: a smoke test of the whole path
+
+Why RL here: the SFT pool is small (1000 labelled solutions) and stopped early, while the verifier
+is free; RL then trains on fresh, unlabelled prompts. Where labels are plentiful, more SFT wins
+(shared/notes/learning-calibration.md), and this demo does not claim otherwise.
+"""
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from pathlib import Path
+
+from slide.config import RLConfig, SFTConfig, dump_config, load_config
+from slide.errors import UserError
+from slide.eval.table import print_eval
+from slide.progress import StepProgress
+from slide.rundir import RunDir
+
+
+def _config_path(name: str) -> str:
+    # configs/ lives beside the package in a checkout; the package ships copies for installed use
+    local = Path(__file__).resolve().parent.parent / "configs" / name
+    return str(local if local.is_file() else resources.files("slide") / "assets" / "configs" / name)
+
+
+QUICK_SFT = ["model.size=test", "steps=30", "eval_every=10", "eval_prompts=20", "examples=200",
+             "stop_at_pass_rate=null"]
+QUICK_RL = ["steps=4", "eval_every=2", "data.eval_prompts=20", "rollout.prompts_per_step=4", "rollout.n=4"]
+
+
+def _plot(run: Path, rl_metrics: list[dict], rl_evals: list[dict], sft_evals: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot([m["step"] for m in rl_metrics], [m["reward_mean"] for m in rl_metrics], label="train reward (mean)")
+    a.plot([e["step"] for e in rl_evals], [e["summary"]["pass@1"] for e in rl_evals], "o-", label="held-out pass@1")
+    a.set_xlabel("RL step"), a.set_title("GRPO"), a.set_ylim(0, 1), a.legend(), a.grid(alpha=0.3)
+    b.plot([e["step"] for e in sft_evals], [e["summary"]["pass@1"] for e in sft_evals], "o-", color="C2")
+    b.set_xlabel("SFT step"), b.set_ylabel("held-out pass@1 (greedy)"), b.set_title("cold-start SFT")
+    b.set_ylim(0, 1), b.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_demo(out: str, quick: bool = False) -> dict:
+    import torch
+    from slide import sft
+    from slide.rl import sync
+    torch.set_num_threads(torch.get_num_threads())
+    root = Path(out)
+    if root.exists() and any(root.iterdir()):
+        raise UserError(f"demo output {out!r} already exists; remove it or pass --out elsewhere")
+    t0 = time.perf_counter()
+    sft_cfg = load_config(SFTConfig, _config_path("demo_sft.yaml"), [f"out_dir={out}", *(QUICK_SFT if quick else [])])
+    sft_dir = RunDir.create(out, sft_cfg.name, dump_config(sft_cfg))
+    with StepProgress("1/2 cold-start SFT", sft_cfg.steps, ["loss", "eval_pass@1"]) as bar:
+        before = sft.run(sft_cfg, sft_dir, progress=bar.update)
+    sft_dir.close()
+    t_sft = time.perf_counter() - t0
+    print_eval(before, title="after SFT (RL's starting point)")
+    init = str(sft_dir.path / "final")
+    rl_cfg = load_config(RLConfig, _config_path("demo_rl.yaml"),
+                         [f"out_dir={out}", f"model.init={init}", *(QUICK_RL if quick else [])])
+    rl_dir = RunDir.create(out, rl_cfg.name, dump_config(rl_cfg))
+    with StepProgress("2/2 GRPO", rl_cfg.steps, ["reward_mean", "eval_pass@1"]) as bar:
+        after = sync.run(rl_cfg, rl_dir, progress=bar.update)
+    rl_dir.close()
+    print_eval(after, title="after RL")
+    rl_evals = _read(rl_dir.path / "eval.jsonl")
+    last3 = [e["summary"]["pass@1"] for e in rl_evals[-3:]]
+    summary = {
+        "sft_pass@1": before["summary"]["pass@1"],
+        "rl_pass@1": after["summary"]["pass@1"],
+        "rl_gain_points": 100 * (after["summary"]["pass@1"] - before["summary"]["pass@1"]),
+        "rl_pass@1_last3_mean": sum(last3) / len(last3),
+        "sft_steps": len(_read(sft_dir.path / "metrics.jsonl")),
+        "rl_steps": rl_cfg.steps,
+        "sft_seconds": round(t_sft, 1),
+        "total_seconds": round(time.perf_counter() - t0, 1),
+        "model_size": sft_cfg.model.size,
+        "quick": quick,
+    }
+    (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    _plot(root, _read(rl_dir.path / "metrics.jsonl"), rl_evals, _read(sft_dir.path / "eval.jsonl"), root / "curves.png")
+    print(f"held-out pass@1: SFT {summary['sft_pass@1']:.3f} -> RL {summary['rl_pass@1']:.3f} "
+          f"({summary['rl_gain_points']:+.1f} points) in {summary['total_seconds']:.0f} s; "
+          f"see {root / 'summary.json'} and {root / 'curves.png'}")
+    return summary

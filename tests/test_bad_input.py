@@ -1,0 +1,68 @@
+"""Bad input from the command line: one line `error: ...`, exit 2, no traceback, nothing damaged."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SLIDE = [sys.executable, "-m", "slide.cli"]
+
+
+def slide(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([*SLIDE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def assert_user_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_unknown_key_and_bad_type(tmp_path):
+    assert_user_error(slide("rl", "steps=abc", "rollout.bogus=1", f"out_dir={tmp_path}"), "steps", "rollout.bogus")
+
+
+def test_missing_config_file():
+    assert_user_error(slide("sft", "/no/such/config.yaml"), "/no/such/config.yaml", "not found")
+
+
+def test_bad_flag_and_command():
+    assert_user_error(slide("eval", "--model"), "--model")
+    assert_user_error(slide("frobnicate"), "frobnicate")
+
+
+@pytest.mark.parametrize("rows,needle", [
+    ([{"question": "1+1", "answer": "2"}], "row 1: missing field 'prompt'"),
+    ([{"prompt": "1+1", "answer": "2", "level": "hard"}], "level"),
+    ([], "no rows"),
+])
+def test_bad_dataset(tmp_path, rows, needle):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = slide("rl", f"data.train={data}", f"out_dir={tmp_path}/runs", "steps=1")
+    assert_user_error(r, "d.jsonl", needle)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.jsonl"))
+
+
+def test_missing_and_corrupt_checkpoint(tmp_path):
+    assert_user_error(slide("eval", "--model", str(tmp_path / "nope"), "--data", "arithmetic:1"), "nope")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    assert_user_error(slide("eval", "--model", str(bad), "--data", "arithmetic:1"), str(bad))
+    r = slide("rl", f"model.init={tmp_path / 'nope'}", f"out_dir={tmp_path}/runs", "steps=1")
+    assert_user_error(r, "model.init", "nope")
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    run = tmp_path / "runs" / "rl"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert_user_error(slide("rl", f"out_dir={tmp_path}/runs", "steps=1"), str(run), "--resume")
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert_user_error(slide("rl", "--resume", str(tmp_path / "nothing")), "not a run directory")

@@ -1,0 +1,61 @@
+"""Config loading: YAML + overrides, every error at once, on one line, naming file and field."""
+import pytest
+
+from slide.config import RLConfig, SFTConfig, dump_config, load_config
+from slide.errors import UserError
+
+
+def test_defaults_follow_glm():
+    cfg = load_config(RLConfig)
+    assert cfg.algo.kl_coef == 0.0 and cfg.algo.loss_agg == "token-mean"
+    assert cfg.algo.clip_high > cfg.algo.clip_low  # clip-higher
+
+
+def test_yaml_and_typed_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("steps: 7\nrollout:\n  n: 4\n")
+    cfg = load_config(RLConfig, str(f), ["rollout.temperature=0.5", "algo.dynamic_sampling=false", "model.init=x"])
+    assert (cfg.steps, cfg.rollout.n, cfg.rollout.temperature) == (7, 4, 0.5)
+    assert cfg.algo.dynamic_sampling is False and cfg.model.init == "x"
+    assert load_config(RLConfig, None, []).steps != 7
+    again = tmp_path / "d.yaml"
+    again.write_text(dump_config(cfg))
+    assert load_config(RLConfig, str(again)) == cfg
+
+
+def test_all_errors_reported_together_on_one_line(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("steps: -1\nrollout:\n  n: 1\n  colour: red\nalgo:\n  loss_agg: sum\n")
+    with pytest.raises(UserError) as e:
+        load_config(RLConfig, str(f))
+    msg = str(e.value)
+    assert "\n" not in msg and str(f) in msg
+    for field in ("steps", "rollout.n", "rollout.colour: unknown key", "algo.loss_agg"):
+        assert field in msg
+    assert "token-mean" in msg  # says what is allowed
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("steps: [1, 2", "not valid YAML"),
+    ("- 1\n- 2\n", "must be a mapping"),
+])
+def test_malformed_files(tmp_path, content, needle):
+    f = tmp_path / "c.yaml"
+    f.write_text(content)
+    with pytest.raises(UserError, match=needle):
+        load_config(SFTConfig, str(f))
+
+
+def test_missing_file_and_bad_override():
+    with pytest.raises(UserError, match="not found"):
+        load_config(RLConfig, "/no/such.yaml")
+    with pytest.raises(UserError, match="key=value"):
+        load_config(RLConfig, None, ["steps"])
+    with pytest.raises(UserError, match="train.lr"):
+        load_config(RLConfig, None, ["train.lr=fast"])
+
+
+def test_config_is_frozen():
+    cfg = load_config(RLConfig)
+    with pytest.raises(Exception):
+        cfg.steps = 3

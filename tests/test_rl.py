@@ -1,0 +1,138 @@
+"""End-to-end RL on the test-size model: learning, parity, resume = uninterrupted, HF-loadable output."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from slide.config import RLConfig, dump_config, load_config
+from slide.rl import sync
+from slide.rundir import RunDir
+
+TINY = ["rollout.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=40", "data.eval_prompts=16",
+        "train.micro_batch=8"]
+
+
+def make_run(tmp_path, *overrides, name="rl"):
+    cfg = load_config(RLConfig, None, [f"out_dir={tmp_path}", f"name={name}", *overrides])
+    return cfg, RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg), tensorboard=False)
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_reward_rises_on_a_user_jsonl_dataset(sft_model, tmp_path):
+    """RL learns what SFT never showed: a user dataset whose answer is always 7 (fixed seed).
+
+    Calibration (2026-11-29, 2 cores): reward per step went 0.11 -> 0.93 in 16 steps at lr 3e-4.
+    """
+    init, _ = sft_model
+    data = tmp_path / "seven.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {a}+{b}?", "answer": 7}) + "\n"
+                            for a in range(10) for b in range(10)))
+    cfg, run = make_run(tmp_path, f"model.init={init}", f"data.train={data}", "steps=16", "eval_every=0",
+                        "rollout.prompts_per_step=8", "rollout.n=8", "rollout.max_new_tokens=40",
+                        "train.lr=3e-4", "data.eval_prompts=20", "seed=1")
+    result = sync.run(cfg, run)
+    m = read(run.path / "metrics.jsonl")
+    first = sum(r["reward_mean"] for r in m[:4]) / 4
+    last = sum(r["reward_mean"] for r in m[-4:]) / 4
+    assert last > first + 0.3, (first, last)
+    assert result["summary"]["pass@1"] > 0.5  # held-out prompts of the same dataset, greedy
+    assert {t["family"] for t in read(run.path / "trajectories.jsonl")} == {"seven"}
+
+
+def test_first_step_is_on_policy_and_parity_is_logged(sft_model, tmp_path):
+    init, _ = sft_model
+    cfg, run = make_run(tmp_path, f"model.init={init}", "data.train=arithmetic:1", "steps=1", *TINY)
+    sync.run(cfg, run)
+    row = read(run.path / "metrics.jsonl")[0]
+    assert row["ratio_dev_max"] == 0.0  # the trainer's ratio against its own pre-update logprobs, fp32
+    assert row["logprob_gap_max"] < 1e-3  # engine (KV cache, left padding) vs trainer (full forward)
+    for key in ("step", "reward_mean", "pass_rate", "response_len_mean", "time/rollout_s", "time/train_s",
+                "time/sync_s", "logprob_gap_mean"):
+        assert key in row
+    traj = read(run.path / "trajectories.jsonl")
+    assert len(traj) >= 16 and {"prompt", "response", "reward", "version", "status"} <= set(traj[0])
+
+
+def test_checkpoint_loads_with_plain_transformers(sft_model, tmp_path):
+    init, _ = sft_model
+    cfg, run = make_run(tmp_path, f"model.init={init}", "data.train=arithmetic:1", "steps=1", *TINY)
+    sync.run(cfg, run)
+    ckpt = run.path / "checkpoints" / "step_000001" / "model"
+    code = ("import sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer;"
+            "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); t = AutoTokenizer.from_pretrained(sys.argv[1]);"
+            "ids = t.apply_chat_template([{'role': 'user', 'content': 'What is 2+3?'}], add_generation_prompt=True,"
+            " return_dict=False); out = m.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False);"
+            "print(type(m).__name__, len(out[0]) > len(ids))")
+    r = subprocess.run([sys.executable, "-c", code, str(ckpt)], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Glm4MoeForCausalLM True" in r.stdout
+
+
+def _metrics_without_time(path):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read(path)]
+
+
+def test_resume_after_kill_equals_uninterrupted(sft_model, tmp_path):
+    init, _ = sft_model
+    args = [f"model.init={init}", "data.train=arithmetic:1", "steps=6", "save_every=2", "eval_every=3", *TINY]
+    cfg, run = make_run(tmp_path, *args, name="straight")
+    sync.run(cfg, run)
+    # the same run in a subprocess, killed with SIGKILL once its first checkpoint exists, then resumed
+    cmd = [sys.executable, "-m", "slide.cli", "rl", *args, f"out_dir={tmp_path}", "name=killed", "threads=2"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpts.exists() and any(ckpts.glob("step_*/state.pt"))):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    done = len(read(tmp_path / "killed" / "metrics.jsonl"))
+    assert done < 6, "the run finished before it was killed; the test proves nothing"
+    r = subprocess.run([sys.executable, "-m", "slide.cli", "rl", "--resume", str(tmp_path / "killed")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _metrics_without_time(tmp_path / "killed" / "metrics.jsonl") == _metrics_without_time(
+        run.path / "metrics.jsonl")
+    a, b = read(tmp_path / "killed" / "trajectories.jsonl"), read(run.path / "trajectories.jsonl")
+    assert a == b
+    assert read(tmp_path / "killed" / "eval.jsonl") == read(run.path / "eval.jsonl")
+
+
+def test_one_update_moves_logprobs_in_the_advantage_direction(tmp_path):
+    """A positive-advantage sample becomes more likely and a negative one less likely after one step."""
+    from slide.config import AlgoSpec, TrainSpec
+    from slide.model.tiny import build_model, tiny_config
+    from slide.model.tokenizer import load_tokenizer
+    from slide.rl.sample import Sample
+    from slide.rl.trainer import PolicyTrainer, collate, response_logprobs
+    from slide.tasks.base import Problem
+
+    tok = load_tokenizer()
+    model = build_model(tiny_config("test", tok), seed=0)
+    trainer = PolicyTrainer(model, TrainSpec(lr=1e-3), AlgoSpec(), temperature=1.0, pad_id=0, router_bias_rate=0.0)
+    prob = Problem(prompt="q", answer="1", family="f", level=1)
+    good = Sample([1, 2, 4, 18, 30], [40, 41, 42], [1, 1, 1], [0.0] * 3, 0, prob, 0)
+    bad = Sample([1, 2, 4, 18, 30], [50, 51], [1, 1], [0.0] * 2, 0, prob, 0)
+
+    def seq_logp(s):
+        ids, attn, targets, mask, _, start = collate([s], 0)
+        with torch.no_grad():
+            return float((response_logprobs(model, ids, attn, targets, start, 1.0) * mask).sum())
+
+    before = seq_logp(good), seq_logp(bad)
+    for s in (good, bad):  # make TIS weights 1: behaviour = current policy
+        ids, attn, targets, mask, _, start = collate([s], 0)
+        with torch.no_grad():
+            s.behaviour_logprobs = response_logprobs(model, ids, attn, targets, start, 1.0)[0].tolist()
+    stats = trainer.step([good, bad], {id(good): 1.0, id(bad): -1.0})
+    assert stats["ratio_dev_max"] == 0.0 and abs(stats["tis_weight_mean"] - 1.0) < 1e-5
+    assert seq_logp(good) > before[0] and seq_logp(bad) < before[1]
