@@ -1,6 +1,6 @@
 """Typed run configs (pydantic): YAML file + `key=value` overrides, validated at construction.
 
-    cfg = load_config(RLConfig, "configs/rl_arithmetic.yaml", ["rollout.n=4", "steps=20"])
+    cfg = load_config(RLConfig, "slide/configs/demo_rl.yaml", ["rollout.n=4", "steps=20"])
 
 Every problem is reported at once, on one line, with the file and the field path and what is allowed.
 Configs are frozen: derived values live elsewhere, never written back.

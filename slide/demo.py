@@ -22,9 +22,7 @@ from slide.rundir import RunDir
 
 
 def _config_path(name: str) -> str:
-    # configs/ lives beside the package in a checkout; the package ships copies for installed use
-    local = Path(__file__).resolve().parent.parent / "configs" / name
-    return str(local if local.is_file() else resources.files("slide") / "assets" / "configs" / name)
+    return str(resources.files("slide") / "configs" / name)
 
 
 QUICK_SFT = ["model.size=test", "steps=30", "eval_every=10", "eval_prompts=20", "examples=200",

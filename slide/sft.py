@@ -1,6 +1,6 @@
 """Cold-start SFT: teach the chat format and a reasoning style from generated, verified solutions.
 
-    slide sft configs/sft_arithmetic.yaml steps=400 examples=2000
+    slide sft slide/configs/demo_sft.yaml steps=400 examples=2000
 
 Examples are chat-formatted (GLM template) with the prompt masked out of the loss; whole examples are
 packed into fixed-length rows with a block-diagonal causal mask and per-example positions, so packing

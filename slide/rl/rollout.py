@@ -1,8 +1,11 @@
 """Rollout: problems -> prompts -> n samples each from the engine -> rewarded `Sample` groups."""
 from __future__ import annotations
 
+import math
+
 import torch
 
+from slide.algo.sampling import DynamicSampler
 from slide.engine.inprocess import SamplingParams
 from slide.model.tokenizer import chat_prompt
 from slide.rl.reward import RewardRunner
@@ -33,3 +36,28 @@ def rollout_groups(engine, tokenizer, problems: list[Problem], params: SamplingP
             group.append(s)
         groups.append(group)
     return groups
+
+
+def sample_batch(engine, tokenizer, source, params: SamplingParams, n: int, groups_per_step: int,
+                 reward: RewardRunner, thinking: bool, dynamic: bool, max_rounds: int,
+                 generator: torch.Generator | None = None):
+    """Dynamic sampling: roll out until `groups_per_step` groups with a reward signal are held.
+
+    Returns (batch: groups to train on, seen: every group sampled, stats: sampler counters). With
+    dynamic=False every group is kept. After max_rounds the batch may be short (logged).
+    """
+    sampler = DynamicSampler(groups_per_step, keep_all=not dynamic)
+    seen: list[list[Sample]] = []
+    want = sampler.missing
+    for _ in range(max_rounds):
+        groups = rollout_groups(engine, tokenizer, source.next(want), params, n, reward, thinking,
+                                first_group=len(seen), generator=generator)
+        seen += groups
+        sampler.add(groups, torch.tensor([[s.reward for s in g] for g in groups]))
+        if sampler.full:
+            break
+        # over-sample by the observed keep rate so that the next round likely fills the batch
+        keep_rate = max(len(sampler) / len(seen), 1 / 4)
+        want = min(4 * groups_per_step, math.ceil(sampler.missing / keep_rate))
+    batch = sampler.take(allow_short=True)
+    return batch, seen, sampler.stats()

@@ -1,6 +1,6 @@
 """Colocated synchronous RL: generate -> reward -> advantages -> train -> push weights, strictly on-policy.
 
-    slide rl configs/rl_arithmetic.yaml rollout.n=8 steps=100
+    slide rl slide/configs/demo_rl.yaml model.init=runs/sft/final steps=100
     slide rl --resume runs/rl            # continue a killed run; same metrics as never stopped
 
 The trainer and the in-process engine share the process (and the CPU) and take turns.
@@ -8,14 +8,12 @@ The trainer and the in-process engine share the process (and the CPU) and take t
 from __future__ import annotations
 
 import copy
-import math
 import time
 from contextlib import contextmanager
 
 import torch
 
 from slide.algo.grpo import group_advantages
-from slide.algo.sampling import DynamicSampler
 from slide.config import RLConfig, dump_config
 from slide.engine.inprocess import InProcessEngine, SamplingParams
 from slide.eval.passk import evaluate, verifiers
@@ -23,7 +21,7 @@ from slide.model.load import load_policy
 from slide.model.tokenizer import load_tokenizer, stop_token_ids
 from slide.rl.data import PromptSource, eval_problems
 from slide.rl.reward import RewardRunner
-from slide.rl.rollout import rollout_groups
+from slide.rl.rollout import sample_batch
 from slide.rl.trainer import PolicyTrainer
 from slide.rundir import RunDir, load_state, set_rng_state
 
@@ -73,22 +71,10 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
         timer = Timer()
         t_step = time.perf_counter()
         # 1. rollout: n samples per prompt, rewarded; dynamic sampling drops groups with no signal
-        sampler = DynamicSampler(cfg.rollout.prompts_per_step, keep_all=not cfg.algo.dynamic_sampling)
-        seen = []
         with timer("rollout"):
-            want = sampler.missing
-            for _ in range(cfg.algo.max_sample_rounds):
-                problems = source.next(want)
-                groups = rollout_groups(engine, tok, problems, sampling, cfg.rollout.n, reward,
-                                        cfg.rollout.thinking, first_group=len(seen), generator=gen)
-                seen += groups
-                sampler.add(groups, torch.tensor([[s.reward for s in g] for g in groups]))
-                if sampler.full:
-                    break
-                # over-sample by the observed keep rate so the next round likely fills the batch
-                keep_rate = max(len(sampler) / len(seen), 1 / 4)
-                want = min(4 * cfg.rollout.prompts_per_step, math.ceil(sampler.missing / keep_rate))
-            batch = sampler.take(allow_short=True)
+            batch, seen, sampling_stats = sample_batch(
+                engine, tok, source, sampling, cfg.rollout.n, cfg.rollout.prompts_per_step, reward,
+                cfg.rollout.thinking, cfg.algo.dynamic_sampling, cfg.algo.max_sample_rounds, generator=gen)
         # 2. advantages: group-normalised rewards, one value per sequence
         advantages = {}
         if batch:
@@ -110,7 +96,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             "response_len_mean": sum(len(s.response_ids) for s in all_samples) / len(all_samples),
             "truncated_frac": sum(s.status == "truncated" for s in all_samples) / len(all_samples),
             "groups_trained": len(batch),
-            **{f"sampling/{k}": v for k, v in sampler.stats().items()},
+            **{f"sampling/{k}": v for k, v in sampling_stats.items()},
             **reward.pop_stats(), **stats, **timer,
         }
         # 6. periodic eval and checkpoint
