@@ -18,9 +18,10 @@ MODEL="$OUT/model_h${HIDDEN}_l${LAYERS}"
 [ -f "$MODEL/config.json" ] || .venv/bin/python "$SHARED/bench/tiny_model.py" "$MODEL" --hidden "$HIDDEN" --layers "$LAYERS"
 ARGS="--prompts 8 --gens 8 --len $LEN --steps 5"
 LOG="$OUT/h${HIDDEN}_l${LAYERS}_len${LEN}.log"
+set -o pipefail
 {
   echo "== slide bench fp32";  .venv/bin/slide bench --model "$MODEL" $ARGS --dtype fp32
   echo "== slide bench bf16";  .venv/bin/slide bench --model "$MODEL" $ARGS --dtype bf16
   echo "== trl bf16";          .venv-trl/bin/python "$SHARED/bench/trl_grpo.py" "$MODEL" $ARGS --bf16
   echo "== trl fp32";          .venv-trl/bin/python "$SHARED/bench/trl_grpo.py" "$MODEL" $ARGS
-} 2>&1 | grep -E "^(==|bench:|phases|steps=)" | tee "$LOG"
+} 2>&1 | tee "$LOG.full" | grep -E "^(==|bench:|phases|steps=|error|Traceback)" | tee "$LOG"

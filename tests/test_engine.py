@@ -100,3 +100,14 @@ def test_load_weights_in_place_matches_fresh_engine(model, tok):
     assert out[0][0].version == 7
     with pytest.raises(KeyError):
         eng.load_weights([("no.such.weight", torch.zeros(1))], version=8)
+
+
+def test_load_weights_accepts_tied_embeddings():
+    """A model with tied input/output embeddings lists lm_head.weight in its state dict only once as a parameter."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    cfg = Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    src, dst = Qwen2ForCausalLM(cfg), Qwen2ForCausalLM(cfg)
+    eng = InProcessEngine(dst)
+    eng.load_weights(src.state_dict().items(), version=1)
+    assert torch.equal(dst.lm_head.weight, src.lm_head.weight)

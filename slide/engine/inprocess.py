@@ -118,7 +118,7 @@ class InProcessEngine:
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> int:
         """Copy tensors into the engine's parameters and buffers in place; returns bytes copied."""
-        own = dict(self.model.named_parameters())
+        own = dict(self.model.named_parameters(remove_duplicate=False))  # tied weights under every name
         own.update(self.model.named_buffers())
         moved = 0
         for name, tensor in named_tensors:
