@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up (if needed) and runs the whole test suite (~10 min on 2 cores).
+# Sets up (if needed) and runs the whole test suite (~4 min on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

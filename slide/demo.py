@@ -1,6 +1,6 @@
 """The CPU demo: cold-start SFT -> GRPO -> held-out evaluation, on the demo-size tiny GLM.
 
-    slide demo                 # ~15 min on 2 cores; writes runs/demo/{sft,rl,summary.json,curves.png}
+    slide demo                 # ~10 min on 2 cores; writes runs/demo/{sft,rl,summary.json,curves.png}
     slide demo --quick         # test-size model, a few steps: a smoke test of the whole path
 
 Why RL here: the SFT pool is small (1000 labelled solutions) and stopped early, while the verifier
@@ -30,7 +30,7 @@ QUICK_SFT = ["model.size=test", "steps=30", "eval_every=10", "eval_prompts=20", 
 QUICK_RL = ["steps=4", "eval_every=2", "data.eval_prompts=20", "rollout.prompts_per_step=4", "rollout.n=4"]
 
 
-def _plot(run: Path, rl_metrics: list[dict], rl_evals: list[dict], sft_evals: list[dict], out: Path) -> None:
+def _plot(rl_metrics: list[dict], rl_evals: list[dict], sft_evals: list[dict], out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -50,10 +50,8 @@ def _read(path: Path) -> list[dict]:
 
 
 def run_demo(out: str, quick: bool = False) -> dict:
-    import torch
     from slide import sft
     from slide.rl import sync
-    torch.set_num_threads(torch.get_num_threads())
     root = Path(out)
     if root.exists() and any(root.iterdir()):
         raise UserError(f"demo output {out!r} already exists; remove it or pass --out elsewhere")
@@ -88,7 +86,7 @@ def run_demo(out: str, quick: bool = False) -> dict:
         "quick": quick,
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
-    _plot(root, _read(rl_dir.path / "metrics.jsonl"), rl_evals, _read(sft_dir.path / "eval.jsonl"), root / "curves.png")
+    _plot(_read(rl_dir.path / "metrics.jsonl"), rl_evals, _read(sft_dir.path / "eval.jsonl"), root / "curves.png")
     print(f"held-out pass@1: SFT {summary['sft_pass@1']:.3f} -> RL {summary['rl_pass@1']:.3f} "
           f"({summary['rl_gain_points']:+.1f} points) in {summary['total_seconds']:.0f} s; "
           f"see {root / 'summary.json'} and {root / 'curves.png'}")

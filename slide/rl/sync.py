@@ -97,7 +97,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             "truncated_frac": sum(s.status == "truncated" for s in all_samples) / len(all_samples),
             "groups_trained": len(batch),
             **{f"sampling/{k}": v for k, v in sampling_stats.items()},
-            **reward.pop_stats(), **stats, **timer,
+            **reward.pop_stats(), **stats,
         }
         # 6. periodic eval and checkpoint
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
@@ -105,7 +105,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
                 last_eval = do_eval(step)
             metrics["eval_pass@1"] = last_eval["summary"]["pass@1"]
         metrics["time/step_s"] = time.perf_counter() - t_step
-        metrics.update({k: v for k, v in timer.items()})
+        metrics.update(timer)
         run_dir.log_metrics(step, metrics)
         if progress:
             progress(step, metrics)

@@ -103,14 +103,15 @@ class PolicyTrainer:
             loss = aggregate(per_token, mask, num_tokens, num_seqs)
             loss.backward()
             m = mask.bool()
-            gap = (old - behaviour).abs()[m]
+            if m.any():
+                gap = (old - behaviour).abs()[m]
+                sums["clipfrac"] += float(stats["clipped"][m].float().sum())
+                sums["ratio_max"] = max(sums["ratio_max"], float(stats["ratio"][m].max()))
+                sums["ratio_dev"] = max(sums["ratio_dev"], float((stats["ratio"][m] - 1).abs().max()))
+                sums["gap_max"] = max(sums["gap_max"], float(gap.max()))
+                sums["gap_sum"] += float(gap.sum())
+                sums["tis_mean"] += float(weights[m].sum())
             sums["loss"] += float(loss.detach())
-            sums["clipfrac"] += float(stats["clipped"][m].float().sum())
-            sums["ratio_max"] = max(sums["ratio_max"], float(stats["ratio"][m].max())) if m.any() else sums["ratio_max"]
-            sums["ratio_dev"] = max(sums["ratio_dev"], float((stats["ratio"][m] - 1).abs().max())) if m.any() else sums["ratio_dev"]
-            sums["gap_max"] = max(sums["gap_max"], float(gap.max())) if m.any() else sums["gap_max"]
-            sums["gap_sum"] += float(gap.sum())
-            sums["tis_mean"] += float(weights[m].sum())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip)
         self.opt.step()
         self.updates += 1
