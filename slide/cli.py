@@ -80,6 +80,8 @@ def cmd_rl(a) -> None:
     run_dir.close()
     if result:
         print(f"rl: held-out pass@1 {result['summary']['pass@1']:.3f}; run in {run_dir.path}")
+    else:
+        print(f"rl: {run_dir.path} had already reached steps={cfg.steps}; nothing to do")
 
 
 def cmd_eval(a) -> None:

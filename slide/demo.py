@@ -15,7 +15,6 @@ from importlib import resources
 from pathlib import Path
 
 from slide.config import RLConfig, SFTConfig, dump_config, load_config
-from slide.errors import UserError
 from slide.eval.table import print_eval
 from slide.progress import StepProgress
 from slide.rundir import RunDir
@@ -53,8 +52,11 @@ def run_demo(out: str, quick: bool = False) -> dict:
     from slide import sft
     from slide.rl import sync
     root = Path(out)
-    if root.exists() and any(root.iterdir()):
-        raise UserError(f"demo output {out!r} already exists; remove it or pass --out elsewhere")
+    for i in range(2, 1000):  # never overwrite an earlier demo: runs/demo, runs/demo-2, ...
+        if not (root.exists() and any(root.iterdir())):
+            break
+        root = Path(f"{out}-{i}")
+    out = str(root)
     t0 = time.perf_counter()
     sft_cfg = load_config(SFTConfig, _config_path("demo_sft.yaml"), [f"out_dir={out}", *(QUICK_SFT if quick else [])])
     sft_dir = RunDir.create(out, sft_cfg.name, dump_config(sft_cfg))
