@@ -91,13 +91,15 @@ def cmd_eval(a) -> None:
     from slide.model.load import load_model
     from slide.model.tokenizer import load_tokenizer
     from slide.rl.data import eval_problems
+    from slide.tasks import parse_task_specs
     if a.k < 1:
         raise UserError(f"--k must be >= 1, got {a.k}")
     _threads(0)
     model = load_model(a.model, "--model")
     tok = load_tokenizer(a.model if (Path(a.model) / "tokenizer.json").is_file() else None)
-    problems = eval_problems(a.data, a.prompts, a.seed)
-    result = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(a.data), k=a.k,
+    specs = parse_task_specs(a.data)
+    problems = eval_problems(specs, a.prompts, a.seed)
+    result = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=a.k,
                       temperature=a.temperature, max_new_tokens=a.max_new_tokens)
     print_eval(result)
     out = Path(a.out or Path(a.model) / "eval.json")

@@ -22,6 +22,7 @@ from slide.model.tiny import ExpertLoad
 from slide.model.tokenizer import assistant_text, chat_prompt, load_tokenizer
 from slide.rl.data import PromptSource, eval_problems
 from slide.rundir import RunDir
+from slide.tasks import parse_task_specs
 from slide.tasks.base import Problem
 
 
@@ -77,8 +78,8 @@ def pack(examples: list[tuple[list[int], list[int]]], seq_len: int, pad: int):
 class ExampleStream:
     """SFT problems: a fixed labelled pool of `examples` (shuffled each epoch) or fresh ones (examples=0)."""
 
-    def __init__(self, cfg: SFTConfig, held_out: list[Problem]):
-        self.source = PromptSource(cfg.data, cfg.seed, held_out)
+    def __init__(self, cfg: SFTConfig, specs, held_out: list[Problem]):
+        self.source = PromptSource(specs, cfg.seed, held_out)
         self.pool = self.source.next(cfg.examples) if cfg.examples else None
         self.rng = random.Random(cfg.seed + 1)
         self.order: list[int] = []
@@ -102,9 +103,10 @@ def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
     model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)
     load = ExpertLoad(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    held_out = eval_problems(cfg.data, cfg.eval_prompts, cfg.seed)
-    verify = verifiers(cfg.data)
-    stream = ExampleStream(cfg, held_out)
+    specs = parse_task_specs(cfg.data)  # a dataset is read once
+    held_out = eval_problems(specs, cfg.eval_prompts, cfg.seed)
+    verify = verifiers(specs)
+    stream = ExampleStream(cfg, specs, held_out)
     engine = InProcessEngine(model, pad_token_id=tok.pad_token_id)  # shares the weights: eval needs no sync
     mean_len = sum(len(encode_example(tok, p, cfg.thinking)[0]) for p in stream.next(32)) / 32
     per_batch = max(1, int(cfg.batch_tokens / mean_len))

@@ -14,7 +14,6 @@ from slide.engine.inprocess import SamplingParams
 from slide.model.tokenizer import stop_token_ids
 from slide.rl.reward import RewardRunner
 from slide.rl.rollout import encode_prompt
-from slide.tasks import parse_task_specs
 from slide.tasks.base import Problem
 
 
@@ -25,9 +24,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def verifiers(spec: str) -> dict:
-    """family name -> verify function for the families in `spec`."""
-    return {task.name: task.verify for task, _ in parse_task_specs(spec)}
+def verifiers(specs) -> dict:
+    """family name -> verify function for parsed task specs [(task, levels)]."""
+    return {task.name: task.verify for task, _ in specs}
 
 
 def evaluate(engine, tokenizer, problems: list[Problem], verify: dict, k: int = 1, temperature: float = 1.0,

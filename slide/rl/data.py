@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import random
 
-from slide.tasks import parse_task_specs
-from slide.tasks.base import Problem
+from slide.tasks.base import Problem, Task
+
+Specs = list[tuple[Task, tuple[int, ...]]]  # parsed once by slide.tasks.parse_task_specs
 
 EVAL_SALT = 1_000_003  # eval problems come from their own RNG stream, never the training one
 
@@ -14,9 +15,8 @@ def _draw(specs, rng: random.Random) -> Problem:
     return task.generate(rng, levels[rng.randrange(len(levels))])
 
 
-def eval_problems(spec: str, count: int, seed: int) -> list[Problem]:
-    """`count` distinct held-out problems, spread evenly over the spec's (task, level) pairs."""
-    specs = parse_task_specs(spec)
+def eval_problems(specs: Specs, count: int, seed: int) -> list[Problem]:
+    """`count` distinct held-out problems, spread evenly over the specs' (task, level) pairs."""
     pairs = [(task, level) for task, levels in specs for level in levels]
     rng = random.Random(seed + EVAL_SALT)
     seen, out = set(), []
@@ -35,8 +35,8 @@ class PromptSource:
     """Training problems drawn from task specs; never one of the held-out prompts (best effort:
     gives up after 100 redraws, e.g. for a dataset smaller than the held-out set)."""
 
-    def __init__(self, spec: str, seed: int, held_out: list[Problem] = ()):
-        self.specs = parse_task_specs(spec)
+    def __init__(self, specs: Specs, seed: int, held_out: list[Problem] = ()):
+        self.specs = specs
         self.rng = random.Random(seed)
         self.held_out = {p.prompt for p in held_out}
 

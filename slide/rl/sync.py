@@ -24,6 +24,7 @@ from slide.rl.reward import RewardRunner
 from slide.rl.rollout import sample_batch
 from slide.rl.trainer import PolicyTrainer
 from slide.rundir import RunDir, load_state, set_rng_state
+from slide.tasks import parse_task_specs
 
 
 class Timer(dict):
@@ -43,9 +44,11 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed) if cfg.algo.kl_coef > 0 else None  # the initial policy
     trainer = PolicyTrainer(policy, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,
                             cfg.model.router_bias_rate, ref_model=ref)
-    held_out = eval_problems(cfg.data.eval or cfg.data.train, cfg.data.eval_prompts, cfg.seed)
-    source = PromptSource(cfg.data.train, cfg.seed, held_out)
-    verify = verifiers(cfg.data.train) | verifiers(cfg.data.eval or cfg.data.train)
+    train_specs = parse_task_specs(cfg.data.train)  # datasets are read once
+    eval_specs = parse_task_specs(cfg.data.eval) if cfg.data.eval else train_specs
+    held_out = eval_problems(eval_specs, cfg.data.eval_prompts, cfg.seed)
+    source = PromptSource(train_specs, cfg.seed, held_out)
+    verify = verifiers(train_specs + eval_specs)
     reward = RewardRunner(lambda p, r: verify[p.family](p, r), cfg.rollout.reward_timeout_s)
     sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               max_new_tokens=cfg.rollout.max_new_tokens, stop_token_ids=tuple(stop_token_ids(tok)))
