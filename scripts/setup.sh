@@ -4,6 +4,11 @@
 # other package pulls a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# bubblewrap sandboxes model-written code (code rewards, the python tool); Debian package, needs root or sudo.
+if ! command -v bwrap >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq bubblewrap >/dev/null
+fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then

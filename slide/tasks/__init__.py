@@ -1,7 +1,7 @@
 """Verifiable task families and the `--tasks` spec parser.
 
 Spec grammar: comma-separated items, each `FAMILY`, `FAMILY:LEVELS`, `PATH` or `PATH:LEVELS`, where
-FAMILY is arithmetic or countdown, PATH ends in .jsonl or .parquet, and LEVELS is `2`, `1-3` or `1+3`.
+FAMILY is arithmetic, countdown or code (unit tests run in the bwrap sandbox), PATH ends in .jsonl or .parquet, and LEVELS is `2`, `1-3` or `1+3`.
 Examples: `arithmetic:1-3,countdown:1`, `data/gsm.jsonl`, `data/mix.parquet:2+3`.
 """
 from __future__ import annotations
@@ -10,11 +10,13 @@ from slide.errors import UserError
 from slide.tasks.answer import final_answer
 from slide.tasks.arithmetic import Arithmetic
 from slide.tasks.base import Problem, Task
+from slide.tasks.code import Code
 from slide.tasks.countdown import Countdown
 from slide.tasks.dataset import EXTENSIONS, DatasetTask
 
 __all__ = [
     "Arithmetic",
+    "Code",
     "Countdown",
     "DatasetTask",
     "Problem",
@@ -24,8 +26,8 @@ __all__ = [
     "parse_task_specs",
 ]
 
-FAMILIES = {"arithmetic": Arithmetic, "countdown": Countdown}
-_ALLOWED = "allowed: arithmetic, countdown, or a .jsonl/.parquet path, each optionally ':LEVELS' like 2, 1-3 or 1+3"
+FAMILIES = {"arithmetic": Arithmetic, "countdown": Countdown, "code": Code}
+_ALLOWED = "allowed: arithmetic, countdown, code, or a .jsonl/.parquet path, each optionally ':LEVELS' like 2, 1-3 or 1+3"
 
 
 def _is_path(text: str) -> bool:

@@ -1,0 +1,1 @@
+"""Built-in agent environments, one per file; each exposes a Task (problems + verifier) and an Env."""

@@ -1,0 +1,349 @@
+"""Multi-turn agent episodes over the GLM chat format: the model calls tools, environments answer.
+
+    groups = run_episodes(engine, tok, problems, lambda p: CalculatorEnv(), params, n=8, max_turns=4,
+                          max_tokens=1024)
+    stats = episode_stats(groups)
+
+Each turn, every live episode generates its next assistant turn in ONE batched engine.generate call
+(n=1 per row). A turn ends at a stop token: <|observation|> after tool calls, <|endoftext|> or <|user|>
+after a final answer. The turn is parsed (parse_assistant), each call is checked against the env's
+tool schemas and run with env.step (all episodes' calls in parallel threads, each under a timeout), and
+the observation turn is appended as the chat template renders it:
+
+    ...</tool_call><|observation|>            <- the model's stop token (trained)
+    \\n<tool_response>OBS</tool_response>      <- one per call                    \\ environment tokens
+    <|assistant|>\\n  (+ <think></think>\\n in non-thinking mode)                   / (loss mask 0)
+
+Token ids are never re-tokenised: the response is the exact concatenation of sampled ids and rendered
+environment ids, so decode(prompt + response) is the template's rendering of the conversation.
+
+How an episode ends (AgentSample.status / .reason):
+    completed  answer       final answer; reward = env.reward(problem, final turn text)
+    completed  done         an env.step returned done=True; reward = that step's reward
+    failed     invalid_format | unknown_tool | missing_argument | extra_argument | bad_arguments   reward 0
+    truncated  max_turns | max_tokens | turn_tokens (one turn hit params.max_new_tokens)       reward 0
+    aborted    reset_error  the env could not start the episode (factory/reset raised, bad tools)  reward 0
+Incidents that do not end the episode are counted in AgentSample.events: step_timeout, step_error,
+step_skipped (calls after a timed-out one in the same turn), reward_timeout, reward_error, and each
+StepResult.error key (tool_error, sandbox_unavailable, ...).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+
+from slide.agent.env import INVALID_FORMAT, Env, EnvFactory, InvalidCall, StepResult, check_call, validate_tools
+from slide.engine.inprocess import SamplingParams
+from slide.model.tokenizer import (
+    EOS,
+    RESPONSE_CLOSE,
+    RESPONSE_OPEN,
+    assistant_text,
+    chat_prompt,
+    parse_assistant,
+    stop_token_ids,
+)
+from slide.rl.sample import Sample
+from slide.tasks.base import Problem
+
+OBSERVATION = "<|observation|>"
+
+
+@dataclass
+class AgentSample(Sample):
+    """A `Sample` (so the trainer takes it as is) plus what the agent metrics need. `version` is the oldest
+    policy version among its turns (an async engine may load new weights between turns)."""
+
+    reason: str = ""  # why the episode ended (see the module docstring)
+    error: str = ""  # one line for failed/aborted episodes: what was wrong
+    turns: int = 0  # assistant turns generated
+    tool_calls: int = 0  # calls run with env.step
+    tool_successes: int = 0  # of those, calls whose StepResult.error is None
+    events: dict[str, int] = field(default_factory=dict)  # counted incidents, e.g. {"step_timeout": 1}
+    messages: list[dict] = field(default_factory=list)  # the episode as chat messages (tools not included)
+
+    def record(self, step: int) -> dict:
+        return super().record(step) | {"reason": self.reason, "error": self.error, "turns": self.turns,
+                                       "tool_calls": self.tool_calls, "tool_successes": self.tool_successes,
+                                       "events": self.events, "messages": self.messages}
+
+
+def observation_text(observations: list[str], thinking: bool) -> str:
+    """The environment's tokens after the model's <|observation|> stop token, up to where it writes again."""
+    body = "".join(f"\n{RESPONSE_OPEN}{o}{RESPONSE_CLOSE}" for o in observations)
+    return body + "<|assistant|>\n" + ("" if thinking else "<think></think>\n")
+
+
+def encode_conversation(tok, messages: list[dict], tools: list[dict] | None = None,
+                        thinking: bool = True) -> tuple[list[int], list[int]]:
+    """(ids, loss mask) of a whole agent conversation, rendered exactly as run_episodes builds it: mask 1 on what
+    the model writes (each assistant turn and its stop token), 0 on the prompt and observation turns. For
+    cold-start SFT on tool traces (pack() takes these); the conversation starts with system/user messages,
+    then alternates assistant turns and runs of tool messages (a trailing run is rendered, masked)."""
+    first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    ids = tok.encode(chat_prompt(tok, messages[:first], thinking=thinking, tools=tools), add_special_tokens=False)
+    mask = [0] * len(ids)
+    i = first
+    while i < len(messages):
+        m = messages[i]
+        if m["role"] != "assistant":
+            raise ValueError(f"message {i}: expected an assistant turn, got role {m['role']!r}")
+        j = i + 1
+        while j < len(messages) and messages[j]["role"] in ("tool", "observation"):
+            j += 1
+        text = assistant_text(m.get("reasoning_content") or "", m.get("content") or "",
+                              end=OBSERVATION if j > i + 1 else EOS, tool_calls=m.get("tool_calls"))
+        if not thinking:  # the generation prompt already holds the empty think block
+            text = text.removeprefix("<think></think>\n")
+        t = tok.encode(text, add_special_tokens=False)
+        ids, mask = ids + t, mask + [1] * len(t)
+        if j > i + 1:
+            env = tok.encode(observation_text([str(o["content"]) for o in messages[i + 1:j]], thinking),
+                             add_special_tokens=False)
+            ids, mask = ids + env, mask + [0] * len(env)
+        i = j
+    return ids, mask
+
+
+def bounded_call(fn: Callable, *args, timeout_s: float) -> tuple[str, Any]:
+    """Run fn(*args) in a daemon thread: ("ok", value), ("raised", exception) or ("timeout", None). A call that
+    times out is abandoned (threads cannot be killed) but never blocks the run or the interpreter's exit."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # an env bug is data, not a crash
+            box["raised"] = e
+
+    t = threading.Thread(target=target, daemon=True, name="slide-env-call")
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        return "timeout", None
+    return ("raised", box["raised"]) if "raised" in box else ("ok", box.get("value"))
+
+
+def _run_calls(env: Env, calls: list[dict], timeout_s: float) -> list[StepResult | InvalidCall]:
+    """One episode's calls of one turn, in order; stops at done=True or InvalidCall."""
+    out: list[StepResult | InvalidCall] = []
+    for call in calls:
+        name = call["name"]
+        if out and isinstance(out[-1], StepResult) and out[-1].error == "step_timeout":
+            out.append(StepResult(f"error: {name} not run (an earlier call timed out)", error="step_skipped"))
+            continue
+        status, value = bounded_call(env.step, call, timeout_s=timeout_s)
+        if status == "timeout":
+            value = StepResult(f"error: {name} timed out after {timeout_s:g} s", error="step_timeout")
+        elif status == "raised" and not isinstance(value, InvalidCall):
+            value = StepResult(f"error: {name} failed: {type(value).__name__}: {value}"[:500], error="step_error")
+        elif status == "ok" and not (isinstance(value, StepResult) and isinstance(value.observation, str)):
+            value = StepResult(f"error: {name} returned no result", error="step_error")
+        out.append(value)
+        if isinstance(value, InvalidCall) or value.done:
+            break
+    return out
+
+
+@dataclass
+class _Episode:
+    sample: AgentSample
+    env: Env
+    tools: list[dict]
+    live: bool = True
+
+    def end(self, status: str, reason: str, error: str = "", reward: float = 0.0) -> None:
+        s = self.sample
+        s.status, s.reason, s.error, s.reward, self.live = status, reason, error, reward, False
+
+    def add(self, tokens: list[int], logprobs: list[float], model: bool) -> None:
+        s = self.sample
+        s.response_ids += tokens
+        s.loss_mask += [int(model)] * len(tokens)
+        s.behaviour_logprobs += logprobs if model else [0.0] * len(tokens)
+
+    def count(self, key: str) -> None:
+        self.sample.events[key] = self.sample.events.get(key, 0) + 1
+
+
+def _start(tok, problem: Problem, group: int, env_factory: EnvFactory, thinking: bool, version: int,
+           timeout_s: float) -> _Episode:
+    sample = AgentSample(prompt_ids=[], response_ids=[], loss_mask=[], behaviour_logprobs=[], version=version,
+                         problem=problem, group=group)
+    env, status, value = None, "raised", None
+    try:
+        env = env_factory(problem)
+        status, value = bounded_call(env.reset, problem, timeout_s=timeout_s)
+        if status == "ok":
+            tools = validate_tools(getattr(env, "tools", None) or [])
+            sample.messages = list(value)
+            text = chat_prompt(tok, sample.messages, thinking=thinking, tools=tools or None)
+            sample.prompt_ids = tok.encode(text, add_special_tokens=False)
+            return _Episode(sample, env, tools)
+    except Exception as e:  # noqa: BLE001 - factory bug, or reset returned messages chat_prompt refuses
+        status, value = "raised", e
+    sample.messages = [{"role": "user", "content": problem.prompt}]
+    sample.prompt_ids = tok.encode(chat_prompt(tok, sample.messages, thinking=thinking), add_special_tokens=False)
+    ep = _Episode(sample, env, [])
+    ep.end("aborted", "reset_error", "env reset timed out" if status == "timeout" else
+           f"env reset failed: {type(value).__name__}: {value}"[:300])
+    return ep
+
+
+def _assistant_message(parsed: dict, text: str) -> dict:
+    if "error" in parsed:
+        return {"role": "assistant", "content": text}  # as written, for the dump
+    m = {"role": "assistant", "reasoning_content": parsed["reasoning"], "content": parsed["content"]}
+    if parsed["tool_calls"]:
+        m["tool_calls"] = parsed["tool_calls"]
+    return m
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _final_reward(ep: _Episode, text: str, timeout_s: float) -> float:
+    status, value = bounded_call(ep.env.reward, ep.sample.problem, text, timeout_s=timeout_s)
+    reward = _finite(value) if status == "ok" else None
+    if reward is None:
+        ep.count("reward_timeout" if status == "timeout" else "reward_error")
+        return 0.0
+    return reward
+
+
+def run_episodes(engine, tokenizer, problems: list[Problem], env_factory: EnvFactory, params: SamplingParams,
+                 n: int, max_turns: int, max_tokens: int, generator: torch.Generator | None = None, *,
+                 thinking: bool = True, step_timeout_s: float = 10.0, reward_timeout_s: float = 10.0,
+                 first_group: int = 0) -> list[list[AgentSample]]:
+    """n episodes per problem (result[i] is problem i's group, group ids from first_group).
+
+    max_turns: assistant turns per episode; max_tokens: response tokens per episode (model + environment;
+    len(response_ids) never exceeds it); params.max_new_tokens: tokens per turn (its stop_token_ids are
+    replaced by GLM's three stop tokens); step_timeout_s bounds each env.step (and reset), reward_timeout_s
+    env.reward."""
+    if n < 1 or max_turns < 1 or max_tokens < 1:
+        raise ValueError(f"run_episodes: n, max_turns and max_tokens must be >= 1 "
+                         f"(got {n}, {max_turns}, {max_tokens})")
+    stops = stop_token_ids(tokenizer)
+    observation_id = stops[2]
+    version = getattr(engine, "version", 0)
+    episodes = [_start(tokenizer, p, first_group + g, env_factory, thinking, version, step_timeout_s)
+                for g, p in enumerate(problems) for _ in range(n)]
+    for turn in range(max_turns):
+        live = [e for e in episodes if e.live]
+        if not live:
+            break
+        room = [max_tokens - len(e.sample.response_ids) for e in live]  # > 0 for every live episode
+        # one engine call for all rows: the longest budget left; rows with less are cut to theirs below
+        turn_params = replace(params, stop_token_ids=tuple(stops),
+                              max_new_tokens=min(params.max_new_tokens, max(room)))
+        outputs = engine.generate([e.sample.prompt_ids + e.sample.response_ids for e in live], turn_params, n=1,
+                                  generator=generator)
+        pending: list[tuple[_Episode, list[dict]]] = []
+        for ep, budget, (c,) in zip(live, room, outputs):
+            cut = len(c.tokens) > budget
+            tokens, finish = c.tokens[:budget], "length" if cut else c.finish_reason
+            ep.add(tokens, list(c.logprobs[:budget]), model=True)
+            s = ep.sample
+            s.version, s.turns = min(s.version, c.version) if s.turns else c.version, s.turns + 1
+            text = tokenizer.decode(tokens, skip_special_tokens=False)
+            if finish != "stop":
+                s.messages.append({"role": "assistant", "content": text})
+                ep.end("truncated", "max_tokens" if len(s.response_ids) >= max_tokens else "turn_tokens")
+                continue
+            parsed = parse_assistant(text)
+            s.messages.append(_assistant_message(parsed, text))
+            calls, asks_tools = parsed["tool_calls"], tokens[-1] == observation_id
+            if "error" in parsed:
+                ep.end("failed", INVALID_FORMAT, parsed["error"])
+            elif calls and not asks_tools:
+                ep.end("failed", INVALID_FORMAT, "tool calls must end with <|observation|>")
+            elif asks_tools and not calls:
+                ep.end("failed", INVALID_FORMAT, "<|observation|> without a tool call")
+            elif not calls:
+                ep.end("completed", "answer", reward=_final_reward(ep, text, reward_timeout_s))
+            elif bad := next((b for b in (check_call(ep.tools, call) for call in calls) if b), None):
+                ep.end("failed", *bad)
+            elif turn == max_turns - 1:
+                ep.end("truncated", "max_turns")
+            else:
+                pending.append((ep, calls))
+        _step_all(tokenizer, pending, thinking, max_tokens, step_timeout_s)
+    for ep in episodes:  # every episode has ended: the last turn truncates the ones still calling tools
+        ep.sample.response_text = tokenizer.decode(ep.sample.response_ids, skip_special_tokens=False)
+    return [[e.sample for e in episodes[i * n:(i + 1) * n]] for i in range(len(problems))]
+
+
+def _step_all(tok, pending: list[tuple[_Episode, list[dict]]], thinking: bool, max_tokens: int,
+              timeout_s: float) -> None:
+    """Run every pending episode's calls (episodes in parallel), then append observations or end episodes."""
+    results: list[list] = [[] for _ in pending]
+
+    def worker(i: int, env: Env, calls: list[dict]) -> None:
+        try:
+            results[i] = _run_calls(env, calls, timeout_s)
+        except Exception as e:  # noqa: BLE001 - e.g. an env whose StepResult.done is not a bool
+            results[i] = [StepResult(f"error: {type(e).__name__}: {e}"[:300], error="step_error")]
+
+    threads = [threading.Thread(target=worker, args=(i, ep.env, calls), daemon=True)
+               for i, (ep, calls) in enumerate(pending)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()  # each worker returns: every call inside it is bounded by timeout_s
+    for (ep, calls), outs in zip(pending, results):
+        s = ep.sample
+        invalid = next((o for o in outs if isinstance(o, InvalidCall)), None)
+        if invalid is not None:
+            ep.end("failed", invalid.reason, str(invalid)[:300])
+            continue
+        for o in outs:
+            s.tool_calls += 1
+            s.tool_successes += o.error is None
+            if o.error is not None:
+                ep.count(o.error)
+            s.messages.append({"role": "tool", "content": o.observation})
+        if outs[-1].done:
+            reward = _finite(outs[-1].reward)
+            if reward is None and outs[-1].reward is not None:
+                ep.count("reward_error")
+            ep.end("completed", "done", reward=reward or 0.0)
+            continue
+        env_ids = tok.encode(observation_text([o.observation for o in outs], thinking), add_special_tokens=False)
+        if len(s.response_ids) + len(env_ids) >= max_tokens:  # no room left for the model to write anything
+            ep.end("truncated", "max_tokens")
+            continue
+        ep.add(env_ids, [], model=False)
+
+
+def episode_stats(groups: list[list[AgentSample]]) -> dict[str, float]:
+    """Batch metrics: status fractions, end-reason and incident counts, tool-call success rate, turns, reward."""
+    samples = [s for g in groups for s in g]
+    if not samples:
+        return {"episodes": 0}
+    calls = sum(s.tool_calls for s in samples)
+    out: dict[str, float] = {
+        "episodes": len(samples),
+        "reward_mean": sum(s.reward for s in samples) / len(samples),
+        "turns_mean": sum(s.turns for s in samples) / len(samples),
+        "tool_calls": calls,
+        "tool_call_success_rate": sum(s.tool_successes for s in samples) / calls if calls else 0.0,
+    }
+    for status in ("completed", "failed", "truncated", "aborted"):
+        out[f"{status}_frac"] = sum(s.status == status for s in samples) / len(samples)
+    out.update(Counter(s.reason for s in samples))
+    events: Counter = Counter()
+    for s in samples:
+        events.update(s.events)
+    out.update(events)
+    return out
