@@ -62,7 +62,6 @@ def cmd_sft(a) -> None:
 def cmd_rl(a) -> None:
     from slide.config import RLConfig, dump_config, load_config
     from slide.progress import StepProgress
-    from slide.rl import sync
     from slide.rundir import RunDir
     if a.resume:
         if a.config or a.overrides:
@@ -76,7 +75,11 @@ def cmd_rl(a) -> None:
     _threads(cfg.threads)
     with StepProgress("rl", cfg.steps, ["reward_mean", "eval_pass@1"], start=0 if ckpt is None else
                       int(ckpt.name.split("_")[-1])) as bar:
-        result = sync.run(cfg, run_dir, ckpt, progress=bar.update)
+        if cfg.mode == "async":
+            from slide.rl import async_rl as driver  # imports Ray
+        else:
+            from slide.rl import sync as driver
+        result = driver.run(cfg, run_dir, ckpt, progress=bar.update)
     run_dir.close()
     if result:
         print(f"rl: held-out pass@1 {result['summary']['pass@1']:.3f}; run in {run_dir.path}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slide.errors import UserError
 
@@ -56,6 +56,28 @@ class AlgoSpec(Section):
     max_sample_rounds: int = Field(4, ge=1, description="over-sampling rounds per step before training on fewer")
 
 
+class AgentSpec(Section):
+    """Multi-turn episodes for agentic task families (calculator, function_call, python)."""
+    max_turns: int = Field(4, ge=1, description="assistant turns per episode; past it: status truncated")
+    max_tokens: int = Field(512, ge=1, description="response tokens per episode, model + environment")
+    step_timeout_s: float = Field(10.0, gt=0, description="an env step slower than this becomes an error observation")
+    latency_median_s: float = Field(0.0, ge=0, description="extra log-normal latency per env step (0 = none)")
+    latency_sigma: float = Field(1.0, ge=0, description="log-space std of that latency (1.0: 5% of steps > 5x median)")
+    latency_cap_s: float = Field(10.0, ge=0)
+
+
+class DisaggSpec(Section):
+    """Disaggregated asynchronous mode (mode=async): Ray rollout workers that never wait for the trainer."""
+    workers: int = Field(2, ge=1, description="rollout worker actors (each: an engine and its environments)")
+    groups_per_call: int = Field(1, ge=1, description="prompt groups a worker takes per call")
+    max_staleness: int = Field(1, ge=0, description="train only on groups sampled at most this many versions back")
+    sync_interval: int = Field(1, ge=1, description="push weights to the workers every this many steps")
+    partial_rollout: bool = Field(False, description="on a weight push, abort multi-turn episodes between turns "
+                                                     "and re-queue them (False: they finish on the old version)")
+    ray_address: str | None = Field(None, description="existing Ray cluster address; None = start Ray locally")
+    worker_threads: int = Field(1, ge=1, description="torch threads per worker")
+
+
 class DataSpec(Section):
     train: str = Field("arithmetic:2", description="task spec: FAMILY[:LEVELS],... or a .jsonl/.parquet path")
     eval: str | None = Field(None, description="held-out spec; default: same as train with other seeds")
@@ -70,9 +92,21 @@ class RLConfig(Section):
     eval_every: int = Field(10, ge=0, description="0 = only at the end")
     save_every: int = Field(10, ge=1)
     threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
+    mode: Literal["sync", "async"] = Field("sync", description="sync: colocated, alternating; async: Ray workers")
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     rollout: RolloutSpec = RolloutSpec()
+    agent: AgentSpec = AgentSpec()
+    disagg: DisaggSpec = DisaggSpec()
+
+    @model_validator(mode="after")
+    def _staleness_covers_sync_interval(self):
+        d = self.disagg
+        if self.mode == "async" and d.max_staleness < d.sync_interval - 1:
+            raise ValueError(f"disagg.max_staleness={d.max_staleness} is below disagg.sync_interval - 1 = "
+                             f"{d.sync_interval - 1}: workers' weights lag that far between pushes, so every "
+                             "group would be too stale (raise max_staleness or lower sync_interval)")
+        return self
     algo: AlgoSpec = AlgoSpec()
     train: TrainSpec = TrainSpec()
 

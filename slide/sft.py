@@ -14,8 +14,11 @@ import time
 
 import torch
 
+from slide.agent.episode import encode_conversation
+from slide.agent.families import AGENT_FAMILIES, is_agentic
 from slide.config import SFTConfig
 from slide.engine.inprocess import InProcessEngine
+from slide.errors import UserError
 from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
 from slide.model.tiny import ExpertLoad
@@ -27,7 +30,15 @@ from slide.tasks.base import Problem
 
 
 def encode_example(tok, problem: Problem, thinking: bool) -> tuple[list[int], list[int]]:
-    """(ids, loss mask) of prompt + target; only the target (what the model writes) is trained."""
+    """(ids, loss mask) of prompt + target; only the target (what the model writes) is trained. Agentic
+    families give a whole tool-use conversation: every assistant turn trained, observations masked."""
+    if is_agentic(problem):
+        trace = AGENT_FAMILIES[problem.family].trace
+        if trace is None:
+            raise UserError(f"SFT data: {problem.family} has no reference conversations to train on "
+                            f"(families with SFT traces: {', '.join(k for k, f in AGENT_FAMILIES.items() if f.trace)})")
+        t = trace(problem)
+        return encode_conversation(tok, t["messages"], t["tools"], thinking)
     prompt = chat_prompt(tok, [{"role": "user", "content": problem.prompt}], thinking=thinking)
     target = assistant_text(problem.reasoning if thinking else "", problem.solution or problem.answer)
     if not thinking:  # the non-thinking generation prompt already holds the empty think block

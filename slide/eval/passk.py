@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections import defaultdict
 from math import comb
 
+from slide.agent.episode import AgentSample, episode_stats
+from slide.config import AgentSpec
 from slide.engine.inprocess import SamplingParams
 from slide.model.tokenizer import stop_token_ids
 from slide.rl.reward import RewardRunner
-from slide.rl.rollout import encode_prompt
+from slide.rl.rollout import Rollout
 from slide.tasks.base import Problem
 
 
@@ -30,20 +32,20 @@ def verifiers(specs) -> dict:
 
 
 def evaluate(engine, tokenizer, problems: list[Problem], verify: dict, k: int = 1, temperature: float = 1.0,
-             max_new_tokens: int = 96, thinking: bool = True, timeout_s: float = 5.0, generator=None) -> dict:
-    """{"summary": {"pass@1": .., "pass@k": .., "<family>/L<level>/pass@1": ..}, "rows": [per family/level]}."""
+             max_new_tokens: int = 96, thinking: bool = True, timeout_s: float = 5.0, generator=None,
+             agent: AgentSpec = AgentSpec()) -> dict:
+    """{"summary": {"pass@1": .., "pass@k": .., "<family>/L<level>/pass@1": ..}, "rows": [per family/level]}.
+    Agentic families run whole episodes (tools included) under `agent`'s limits; their summary adds the
+    tool-call success rate."""
     params = SamplingParams(temperature=0.0 if k == 1 else temperature, max_new_tokens=max_new_tokens,
                             stop_token_ids=tuple(stop_token_ids(tokenizer)))
-    prompts = [encode_prompt(tokenizer, p, thinking) for p in problems]
-    outputs = engine.generate(prompts, params, n=k, generator=generator)
     reward = RewardRunner(lambda p, r: verify[p.family](p, r), timeout_s)
+    groups = Rollout(engine, tokenizer, params, k, reward, thinking, agent).groups(problems, generator=generator)
     cells: dict[tuple[str, int], list] = defaultdict(list)
-    lengths = []
-    for problem, completions in zip(problems, outputs):
-        texts = [tokenizer.decode(c.tokens, skip_special_tokens=False) for c in completions]
-        correct = sum(reward(problem, t) >= 1.0 for t in texts)
-        lengths += [len(c.tokens) for c in completions]
+    for problem, group in zip(problems, groups):
+        correct = sum(s.reward >= 1.0 for s in group)
         cells[(problem.family, problem.level)].append((correct / k, pass_at_k(k, correct, k)))
+    samples = [s for g in groups for s in g]
     rows, summary = [], {}
     for (family, level), vals in sorted(cells.items()):
         p1 = sum(v[0] for v in vals) / len(vals)
@@ -53,5 +55,8 @@ def evaluate(engine, tokenizer, problems: list[Problem], verify: dict, k: int = 
     everything = [v for vals in cells.values() for v in vals]
     summary["pass@1"] = sum(v[0] for v in everything) / max(1, len(everything))
     summary[f"pass@{k}"] = sum(v[1] for v in everything) / max(1, len(everything))
-    summary["response_len_mean"] = sum(lengths) / max(1, len(lengths))
+    summary["response_len_mean"] = sum(len(s.response_ids) for s in samples) / max(1, len(samples))
+    calls = [s for s in samples if isinstance(s, AgentSample)]
+    if calls:
+        summary["tool_call_success_rate"] = episode_stats([calls])["tool_call_success_rate"]
     return {"k": k, "summary": summary, "rows": rows, **reward.pop_stats()}

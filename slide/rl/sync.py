@@ -9,75 +9,42 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import contextmanager
 
 import torch
 
 from slide.algo.grpo import group_advantages
-from slide.config import RLConfig, dump_config
-from slide.engine.inprocess import InProcessEngine, SamplingParams
-from slide.eval.passk import evaluate, verifiers
-from slide.model.load import load_policy
-from slide.model.tokenizer import load_tokenizer, stop_token_ids
-from slide.rl.data import PromptSource, eval_problems
-from slide.rl.reward import RewardRunner
-from slide.rl.rollout import sample_batch
-from slide.rl.trainer import PolicyTrainer
-from slide.rundir import RunDir, load_state, set_rng_state
-from slide.tasks import parse_task_specs
-
-
-class Timer(dict):
-    @contextmanager
-    def __call__(self, phase: str):
-        t0 = time.perf_counter()
-        yield
-        self[f"time/{phase}_s"] = self.get(f"time/{phase}_s", 0.0) + time.perf_counter() - t0
+from slide.config import RLConfig
+from slide.engine.inprocess import InProcessEngine
+from slide.eval.passk import evaluate
+from slide.rl.metrics import Timer, step_metrics
+from slide.rl.parts import build
+from slide.rl.rollout import Rollout, sample_batch
+from slide.rundir import RunDir
 
 
 def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     """Train for cfg.steps steps in `run_dir` (continuing from `ckpt` if given). Returns the last eval."""
-    torch.manual_seed(cfg.seed)
-    tok = load_tokenizer()
-    policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed)
+    p = build(cfg, ckpt)
+    tok, policy, trainer, source, gen = p.tok, p.policy, p.trainer, p.source, p.generator
     engine = InProcessEngine(copy.deepcopy(policy), pad_token_id=tok.pad_token_id)
-    ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed) if cfg.algo.kl_coef > 0 else None  # the initial policy
-    trainer = PolicyTrainer(policy, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,
-                            cfg.model.router_bias_rate, ref_model=ref)
-    train_specs = parse_task_specs(cfg.data.train)  # datasets are read once
-    eval_specs = parse_task_specs(cfg.data.eval) if cfg.data.eval else train_specs
-    held_out = eval_problems(eval_specs, cfg.data.eval_prompts, cfg.seed)
-    source = PromptSource(train_specs, cfg.seed, held_out)
-    verify = verifiers(train_specs + eval_specs)
-    reward = RewardRunner(lambda p, r: verify[p.family](p, r), cfg.rollout.reward_timeout_s)
-    sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                              max_new_tokens=cfg.rollout.max_new_tokens, stop_token_ids=tuple(stop_token_ids(tok)))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    start = 0
-    if ckpt is not None:
-        state = load_state(ckpt)
-        trainer.load_state_dict(state["trainer"])
-        source.load_state_dict(state["source"])
-        gen.set_state(state["generator"])
-        set_rng_state(state["rng"])
-        start = state["step"]
-    engine.version = start
+    engine.version = p.start
+    reward = p.reward_runner(cfg.rollout.reward_timeout_s)
+    rollout = Rollout(engine, tok, p.sampling, cfg.rollout.n, reward, cfg.rollout.thinking, cfg.agent, cfg.seed)
 
     def do_eval(step: int) -> dict:
-        result = evaluate(engine, tok, held_out, verify, k=1, max_new_tokens=cfg.rollout.max_new_tokens,
-                          thinking=cfg.rollout.thinking)
+        result = evaluate(engine, tok, p.held_out, p.verify, k=1, max_new_tokens=cfg.rollout.max_new_tokens,
+                          thinking=cfg.rollout.thinking, agent=cfg.agent)
         run_dir.log_eval(step, result)
         return result
 
     last_eval = None
-    for step in range(start + 1, cfg.steps + 1):
+    for step in range(p.start + 1, cfg.steps + 1):
         timer = Timer()
         t_step = time.perf_counter()
         # 1. rollout: n samples per prompt, rewarded; dynamic sampling drops groups with no signal
         with timer("rollout"):
-            batch, seen, sampling_stats = sample_batch(
-                engine, tok, source, sampling, cfg.rollout.n, cfg.rollout.prompts_per_step, reward,
-                cfg.rollout.thinking, cfg.algo.dynamic_sampling, cfg.algo.max_sample_rounds, generator=gen)
+            batch, seen, sampling_stats = sample_batch(rollout, source, cfg.rollout.prompts_per_step,
+                                                       cfg.algo.dynamic_sampling, cfg.algo.max_sample_rounds, gen)
         # 2. advantages: group-normalised rewards, one value per sequence
         advantages = {}
         if batch:
@@ -92,16 +59,12 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
         # 5. log: every sampled trajectory, and one metrics row
         all_samples = [s for g in seen for s in g]
         run_dir.log_trajectories([s.record(step) for s in all_samples])
-        rewards = torch.tensor([s.reward for s in all_samples])
-        metrics = {
-            "reward_mean": float(rewards.mean()),
-            "pass_rate": float((rewards >= 1.0).float().mean()),
-            "response_len_mean": sum(len(s.response_ids) for s in all_samples) / len(all_samples),
-            "truncated_frac": sum(s.status == "truncated" for s in all_samples) / len(all_samples),
+        metrics = step_metrics(all_samples)
+        metrics.update({
             "groups_trained": len(batch),
             **{f"sampling/{k}": v for k, v in sampling_stats.items()},
             **reward.pop_stats(), **stats,
-        }
+        })
         # 6. periodic eval and checkpoint
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             with timer("eval"):

@@ -1,7 +1,8 @@
 """Verifiable task families and the `--tasks` spec parser.
 
 Spec grammar: comma-separated items, each `FAMILY`, `FAMILY:LEVELS`, `PATH` or `PATH:LEVELS`, where
-FAMILY is arithmetic, countdown or code (unit tests run in the bwrap sandbox), PATH ends in .jsonl or .parquet, and LEVELS is `2`, `1-3` or `1+3`.
+FAMILY is arithmetic, countdown, code (unit tests run in the bwrap sandbox) or an agentic family
+(calculator, function_call, python: multi-turn episodes with tools, see slide/agent/families.py), PATH ends in .jsonl or .parquet, and LEVELS is `2`, `1-3` or `1+3`.
 Examples: `arithmetic:1-3,countdown:1`, `data/gsm.jsonl`, `data/mix.parquet:2+3`.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 FAMILIES = {"arithmetic": Arithmetic, "countdown": Countdown, "code": Code}
-_ALLOWED = "allowed: arithmetic, countdown, code, or a .jsonl/.parquet path, each optionally ':LEVELS' like 2, 1-3 or 1+3"
+_ALLOWED = "allowed: arithmetic, countdown, code, calculator, function_call, python, or a .jsonl/.parquet path, each optionally ':LEVELS' like 2, 1-3 or 1+3"
 
 
 def _is_path(text: str) -> bool:
@@ -69,6 +70,10 @@ def _task_for(name: str, item: str) -> Task:
     if _is_path(name):
         return DatasetTask(name)
     family = FAMILIES.get(name.strip().lower())
+    if family is None:
+        from slide.agent.families import AGENT_FAMILIES  # here: slide.agent imports slide.tasks
+        agentic = AGENT_FAMILIES.get(name.strip().lower())
+        family = agentic.task if agentic else None
     if family is None:
         raise UserError(f"unknown task '{item}' ({_ALLOWED})")
     return family()

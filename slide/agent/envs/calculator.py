@@ -72,19 +72,21 @@ class CalculatorEnv:
         return self.task.verify(problem, response)
 
 
+def trace(problem: Problem) -> dict:
+    """A correct conversation {"messages", "tools", "problem"} for `problem`: the user question, a call of
+    calculate, the tool's observation, the final answer (render it with encode_conversation for SFT)."""
+    expr = problem.meta["expression"]
+    return {"tools": TOOLS, "problem": problem, "messages": [
+        {"role": "user", "content": problem.prompt},
+        {"role": "assistant", "reasoning_content": problem.reasoning, "content": "",
+         "tool_calls": [{"name": "calculate", "arguments": {"expression": expr}}]},
+        {"role": "tool", "content": problem.answer},
+        {"role": "assistant", "reasoning_content": f"The tool says {expr}={problem.answer}.",
+         "content": problem.answer},
+    ]}
+
+
 def sft_traces(rng: random.Random, count: int, levels: tuple[int, ...] = CalculatorTask.levels) -> list[dict]:
-    """`count` correct conversations {"messages", "tools"}: user question, assistant call of calculate, the tool's
-    observation, assistant final answer. Usable with chat_prompt/assistant_text, or encode_conversation."""
+    """`count` correct conversations (see `trace`) for fresh problems drawn from `rng`."""
     task = CalculatorTask()
-    traces = []
-    for _ in range(count):
-        p = task.generate(rng, rng.choice(levels))
-        expr = p.meta["expression"]
-        traces.append({"tools": TOOLS, "problem": p, "messages": [
-            {"role": "user", "content": p.prompt},
-            {"role": "assistant", "reasoning_content": p.reasoning, "content": "",
-             "tool_calls": [{"name": "calculate", "arguments": {"expression": expr}}]},
-            {"role": "tool", "content": p.answer},
-            {"role": "assistant", "reasoning_content": f"The tool says {expr}={p.answer}.", "content": p.answer},
-        ]})
-    return traces
+    return [trace(task.generate(rng, rng.choice(levels))) for _ in range(count)]

@@ -113,17 +113,18 @@ class FunctionCallEnv:
         return 0.0
 
 
+def trace(problem: Problem) -> dict:
+    """The correct single-call conversation {"messages", "tools", "problem"} for `problem` (it ends with the
+    tool's "ok", which encode_conversation renders masked)."""
+    call = problem.meta["call"]
+    return {"tools": [CATALOG[n][0] for n in problem.meta["tools"]], "problem": problem, "messages": [
+        {"role": "user", "content": problem.prompt},
+        {"role": "assistant", "reasoning_content": f"Call {call['name']}.", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "ok"},
+    ]}
+
+
 def sft_traces(rng: random.Random, count: int, levels: tuple[int, ...] = FunctionCallTask.levels) -> list[dict]:
-    """`count` correct single-call conversations {"messages", "tools", "problem"} (the last turn ends with
-    <|observation|>: encode_conversation takes them when the tool's "ok" is appended as a tool message)."""
+    """`count` correct conversations (see `trace`) for fresh problems drawn from `rng`."""
     task = FunctionCallTask()
-    traces = []
-    for _ in range(count):
-        p = task.generate(rng, rng.choice(levels))
-        traces.append({"tools": [CATALOG[n][0] for n in p.meta["tools"]], "problem": p, "messages": [
-            {"role": "user", "content": p.prompt},
-            {"role": "assistant", "reasoning_content": f"Call {p.meta['call']['name']}.", "content": "",
-             "tool_calls": [p.meta["call"]]},
-            {"role": "tool", "content": "ok"},
-        ]})
-    return traces
+    return [trace(task.generate(rng, rng.choice(levels))) for _ in range(count)]

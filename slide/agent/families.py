@@ -1,0 +1,46 @@
+"""Agentic task families: each pairs a Task (problems, verifier) with the Env its episodes run in and, where
+a reference conversation can be written, a trace for cold-start SFT.
+
+    slide rl cfg.yaml data.train=calculator:1 agent.latency_median_s=0.5
+
+Task specs name them like any family (`calculator:1-2`, `function_call`, `python`); rollout, eval and SFT
+look a problem's family up here to decide whether it is a multi-turn episode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from slide.agent.env import Env, EnvFactory
+from slide.agent.envs import calculator, function_call, python_exec
+from slide.agent.envs.latency import with_latency
+from slide.tasks.base import Problem
+
+
+@dataclass(frozen=True)
+class AgentFamily:
+    task: type
+    env: Callable[[], Env]
+    trace: Callable[[Problem], dict] | None  # problem -> {"messages", "tools"}; None: no SFT traces
+
+
+AGENT_FAMILIES: dict[str, AgentFamily] = {
+    "calculator": AgentFamily(calculator.CalculatorTask, calculator.CalculatorEnv, calculator.trace),
+    "function_call": AgentFamily(function_call.FunctionCallTask, function_call.FunctionCallEnv, function_call.trace),
+    "python": AgentFamily(python_exec.PythonTask, python_exec.PythonEnv, None),
+}
+
+
+def is_agentic(problem: Problem) -> bool:
+    return problem.family in AGENT_FAMILIES
+
+
+def env_factory(agent, seed: int) -> EnvFactory:
+    """Problem -> a fresh Env of its family; with the latency wrapper when agent.latency_median_s > 0.
+    `agent` is the run's AgentSpec."""
+    def make(problem: Problem) -> Env:
+        return AGENT_FAMILIES[problem.family].env()
+
+    if agent.latency_median_s > 0:
+        return with_latency(make, agent.latency_median_s, agent.latency_sigma, agent.latency_cap_s, seed)
+    return make

@@ -1,0 +1,69 @@
+"""What both RL drivers build before their loop: tokenizer, policy and trainer, the prompt source and the
+held-out set, verifiers and sampling parameters; restored from a checkpoint when resuming."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from slide.config import RLConfig
+from slide.engine.inprocess import SamplingParams
+from slide.eval.passk import verifiers
+from slide.model.load import load_policy
+from slide.model.tokenizer import load_tokenizer, stop_token_ids
+from slide.rl.data import PromptSource, eval_problems
+from slide.rl.reward import RewardRunner
+from slide.rl.trainer import PolicyTrainer
+from slide.rundir import load_state, set_rng_state
+from slide.tasks import parse_task_specs
+from slide.tasks.base import Problem
+
+
+@dataclass
+class Parts:
+    tok: object
+    policy: torch.nn.Module
+    trainer: PolicyTrainer
+    held_out: list[Problem]
+    source: PromptSource
+    verify: dict  # family -> verify(problem, response)
+    sampling: SamplingParams
+    generator: torch.Generator  # the rollout sampling stream
+    start: int  # the last finished step (0 for a fresh run)
+    state: dict  # the checkpoint's saved state ({} for a fresh run)
+
+    def reward_runner(self, timeout_s: float) -> RewardRunner:
+        return reward_runner(self.verify, timeout_s)
+
+
+def sampling_params(cfg: RLConfig, tok) -> SamplingParams:
+    return SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                          max_new_tokens=cfg.rollout.max_new_tokens, stop_token_ids=tuple(stop_token_ids(tok)))
+
+
+def reward_runner(verify: dict, timeout_s: float) -> RewardRunner:
+    return RewardRunner(lambda p, r: verify[p.family](p, r), timeout_s)
+
+
+def build(cfg: RLConfig, ckpt=None) -> Parts:
+    torch.manual_seed(cfg.seed)
+    tok = load_tokenizer()
+    policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed)
+    ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed) if cfg.algo.kl_coef > 0 else None  # initial policy
+    trainer = PolicyTrainer(policy, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,
+                            cfg.model.router_bias_rate, ref_model=ref)
+    train_specs = parse_task_specs(cfg.data.train)  # datasets are read once
+    eval_specs = parse_task_specs(cfg.data.eval) if cfg.data.eval else train_specs
+    held_out = eval_problems(eval_specs, cfg.data.eval_prompts, cfg.seed)
+    source = PromptSource(train_specs, cfg.seed, held_out)
+    sampling = sampling_params(cfg, tok)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    parts = Parts(tok, policy, trainer, held_out, source, verifiers(train_specs + eval_specs), sampling, gen, 0, {})
+    if ckpt is not None:
+        state = load_state(ckpt)
+        trainer.load_state_dict(state["trainer"])
+        source.load_state_dict(state["source"])
+        gen.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        parts.start, parts.state = state["step"], state
+    return parts

@@ -1,0 +1,171 @@
+"""Rollout workers for the async mode: Ray actors, each an in-process engine plus its environments.
+
+A worker takes one call at a time (`rollout(problems, first_group)` -> rewarded groups) and loads weights
+between calls, so by default an episode finishes on the weights it started with. With partial_rollout, the
+actor also accepts a weight push DURING a call: the push lands between two engine calls (never inside one),
+and the call in flight is aborted and returns None, so the driver re-queues its problems on the new weights.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import ray
+import torch
+
+from slide.config import RLConfig
+from slide.engine.inprocess import InProcessEngine
+from slide.eval.passk import verifiers
+from slide.model.load import load_policy
+from slide.model.tokenizer import load_tokenizer
+from slide.rl.parts import reward_runner, sampling_params
+from slide.rl.rollout import Rollout
+from slide.tasks import parse_task_specs
+from slide.tasks.base import Problem
+
+
+DEPTH = 2  # calls in flight per worker
+
+
+class Aborted(Exception):
+    """A weight push arrived during a partial_rollout call."""
+
+
+class GuardedEngine:
+    """An engine whose generate and load_weights never overlap; with `abort_on_push`, a push during a call
+    makes that call's next generate raise Aborted."""
+
+    def __init__(self, engine: InProcessEngine, abort_on_push: bool):
+        self.engine, self.abort_on_push = engine, abort_on_push
+        self.lock = threading.Lock()
+        self.busy = self.aborted = False
+
+    @property
+    def version(self) -> int:
+        return self.engine.version
+
+    def generate(self, *args, **kwargs):
+        with self.lock:
+            if self.aborted:
+                raise Aborted
+            return self.engine.generate(*args, **kwargs)
+
+    def load_weights(self, named_tensors, version: int) -> int:
+        with self.lock:
+            moved = self.engine.load_weights(named_tensors, version)
+            self.aborted = self.abort_on_push and self.busy
+            return moved
+
+
+class RolloutWorker:
+    def __init__(self, index: int, cfg: dict, weights: dict[str, torch.Tensor], version: int):
+        cfg = RLConfig.model_validate(cfg)
+        torch.set_num_threads(cfg.disagg.worker_threads)
+        tok = load_tokenizer()
+        model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)  # the architecture; weights follow
+        self.engine = GuardedEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id), cfg.disagg.partial_rollout)
+        self.engine.load_weights(weights.items(), version)
+        self.reward = reward_runner(verifiers(parse_task_specs(cfg.data.train)), cfg.rollout.reward_timeout_s)
+        self.rollout_ = Rollout(self.engine, tok, sampling_params(cfg, tok), cfg.rollout.n, self.reward,
+                                cfg.rollout.thinking, cfg.agent, seed=cfg.seed * 1009 + index)
+        self.generator = torch.Generator().manual_seed(cfg.seed * 1009 + index)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
+        return self.engine.load_weights(weights.items(), version)
+
+    def rollout(self, problems: list[Problem], first_group: int):
+        """(groups, reward failure counts), or None when a weight push aborted the call (partial_rollout)."""
+        self.engine.busy, self.engine.aborted = True, False
+        try:
+            groups = self.rollout_.groups(problems, first_group, self.generator)
+        except Aborted:
+            return None
+        finally:
+            self.engine.busy = False
+        return groups, self.reward.pop_stats()
+
+
+class PartialRolloutWorker(RolloutWorker):
+    """partial_rollout: pushes run in their own thread (concurrency group), beside the call in flight."""
+
+    @ray.method(concurrency_group="push")
+    def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
+        return super().load_weights(weights, version)
+
+
+def start_worker(index: int, cfg: RLConfig, weights_ref, version: int):
+    """A named actor `slide-rollout-<index>`: calls run one at a time, a push waits for the calls sent before
+    it; with partial_rollout a push runs at once (between two engine calls) and aborts the call in flight."""
+    cls, extra = RolloutWorker, {}
+    if cfg.disagg.partial_rollout:
+        cls, extra = PartialRolloutWorker, {"concurrency_groups": {"push": 1}}
+    actor = ray.remote(cls).options(name=f"slide-rollout-{index}", max_restarts=0,
+                                    num_cpus=cfg.disagg.worker_threads, max_concurrency=1, **extra)
+    return actor.remote(index, cfg.model_dump(mode="json"), weights_ref, version)
+
+
+class WorkerPool:
+    """The driver's view of the workers: one call in flight per worker, dead workers replaced, their
+    problems re-queued, weights pushed through the Ray object store (one put, every worker reads it)."""
+
+    def __init__(self, cfg: RLConfig, weights: dict[str, torch.Tensor], version: int):
+        self.cfg = cfg
+        self.weights_ref, self.version = ray.put(weights), version
+        self.workers = [start_worker(i, cfg, self.weights_ref, version) for i in range(cfg.disagg.workers)]
+        self.in_flight: dict = {}  # ObjectRef -> (worker index, problems, the actor it was sent to)
+        self.requeue: list[Problem] = []  # problems to hand out again before fresh ones
+        self.counts = {"workers_replaced": 0, "calls_aborted": 0}
+
+    def idle(self) -> list[int]:
+        """Workers with room for another call: DEPTH calls each, so one is queued while one runs and a worker
+        never waits for the driver to collect a result."""
+        load = [0] * len(self.workers)
+        for w, _, _ in self.in_flight.values():
+            load[w] += 1
+        return [i for i, n in enumerate(load) if n < DEPTH]
+
+    def groups_out(self) -> int:
+        return sum(len(problems) for _, problems, _ in self.in_flight.values())
+
+    def submit(self, worker: int, problems: list[Problem], first_group: int) -> None:
+        actor = self.workers[worker]
+        self.in_flight[actor.rollout.remote(problems, first_group)] = (worker, problems, actor)
+
+    def next_result(self, timeout_s: float | None = None):
+        """(worker, groups, reward stats) of the next finished call; None if nothing finished in time or the
+        call produced nothing (its worker died and was replaced, or a push aborted it: problems re-queued)."""
+        done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout_s)
+        if not done:
+            return None
+        worker, problems, actor = self.in_flight.pop(done[0])
+        try:
+            out = ray.get(done[0])
+        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
+            if self.workers[worker] is actor:  # its other queued call fails too: replace it once
+                self.workers[worker] = start_worker(worker, self.cfg, self.weights_ref, self.version)
+                self.counts["workers_replaced"] += 1
+            self.requeue += problems
+            return None
+        if out is None:
+            self.counts["calls_aborted"] += 1
+            self.requeue += problems
+            return None
+        return worker, *out
+
+    def push(self, weights: dict[str, torch.Tensor], version: int) -> float:
+        """Send new weights to every worker (they apply them between calls); returns bytes per worker."""
+        self.weights_ref, self.version = ray.put(weights), version
+        for w in self.workers:
+            w.load_weights.remote(self.weights_ref, version)  # queued behind the calls already sent
+        return float(sum(t.numel() * t.element_size() for t in weights.values()))
+
+    def outstanding(self) -> list[Problem]:
+        """Problems handed out but not returned: saved with a checkpoint, re-queued on resume."""
+        return self.requeue + [p for _, problems, _ in self.in_flight.values() for p in problems]
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
