@@ -43,6 +43,9 @@ class RolloutSpec(Section):
     max_new_tokens: int = Field(96, ge=1)
     thinking: bool = Field(True, description="GLM thinking mode (False appends /nothink and an empty think block)")
     reward_timeout_s: float = Field(5.0, gt=0, description="a reward call slower than this scores 0 and is counted")
+    precision: Literal["fp32", "bf16", "fp8"] = Field(
+        "fp32", description="rollout weights as pushed to the engines: fp8 = GLM's block-wise e4m3 (128x128 blocks)")
+    sync_bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size, MiB")
 
 
 class AlgoSpec(Section):
@@ -52,6 +55,8 @@ class AlgoSpec(Section):
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the initial policy; GLM uses none")
     tis_cap: float = Field(2.0, gt=0, description="truncated importance weight cap vs the engine's logprobs")
+    gap_threshold: float = Field(0.1, gt=0, description="log the share of tokens whose engine-vs-trainer logprob "
+                                                        "gap exceeds this many nats (logprob_gap_frac_over)")
     dynamic_sampling: bool = Field(True, description="drop groups whose rewards all agree; over-sample to refill")
     max_sample_rounds: int = Field(4, ge=1, description="over-sampling rounds per step before training on fewer")
 

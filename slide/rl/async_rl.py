@@ -57,10 +57,11 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     last_eval = None
 
     def feed() -> None:
-        """Give idle workers work, but never more groups out than the next max_staleness + 1 steps can use."""
+        """Give idle workers work, but no more groups out than the next max(1, max_staleness) steps use: a group
+        queued behind more would be too stale when its turn came (a weight push also waits behind queued calls)."""
         nonlocal next_group
         for w in pool.idle():
-            if len(ready) + pool.groups_out() >= P * (d.max_staleness + 1):
+            if len(ready) + pool.groups_out() >= P * max(1, d.max_staleness):
                 return
             k = d.groups_per_call
             problems, pool.requeue = pool.requeue[:k], pool.requeue[k:]

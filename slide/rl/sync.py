@@ -20,6 +20,7 @@ from slide.rl.metrics import Timer, step_metrics
 from slide.rl.parts import build
 from slide.rl.rollout import Rollout, sample_batch
 from slide.rundir import RunDir
+from slide.weights.buckets import WeightSync
 
 
 def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
@@ -27,7 +28,8 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     p = build(cfg, ckpt)
     tok, policy, trainer, source, gen = p.tok, p.policy, p.trainer, p.source, p.generator
     engine = InProcessEngine(copy.deepcopy(policy), pad_token_id=tok.pad_token_id)
-    engine.version = p.start
+    weight_sync = WeightSync(cfg.rollout.precision, cfg.rollout.sync_bucket_mb)
+    weight_sync.push(policy, engine, version=p.start)  # the engine holds rollout-precision weights from the start
     reward = p.reward_runner(cfg.rollout.reward_timeout_s)
     rollout = Rollout(engine, tok, p.sampling, cfg.rollout.n, reward, cfg.rollout.thinking, cfg.agent, cfg.seed)
 
@@ -55,7 +57,8 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
         with timer("train"):
             stats = trainer.step(samples, advantages) if samples else {}
         with timer("sync"):
-            engine.load_weights(policy.state_dict().items(), version=step)
+            pushed = weight_sync.push(policy, engine, version=step)  # seconds: time/sync_s
+        stats.update(sync_bytes=pushed["sync/bytes"], sync_buckets=pushed["sync/buckets"])
         # 5. log: every sampled trajectory, and one metrics row
         all_samples = [s for g in seen for s in g]
         run_dir.log_trajectories([s.record(step) for s in all_samples])

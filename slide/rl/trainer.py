@@ -81,7 +81,8 @@ class PolicyTrainer:
             group["lr"] = self.train_cfg.lr * lr_scale
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        sums = dict(loss=0.0, kl=0.0, clipfrac=0.0, ratio_max=1.0, ratio_dev=0.0, gap_max=0.0, gap_sum=0.0, tis_mean=0.0)
+        sums = dict(loss=0.0, kl=0.0, clipfrac=0.0, ratio_max=1.0, ratio_dev=0.0, gap_max=0.0, gap_sum=0.0,
+                    gap_over=0.0, tis_mean=0.0)
         for mb in batches:
             ids, attn, targets, mask, behaviour, start = collate(mb, self.pad)
             adv = torch.tensor([advantages[id(s)] for s in mb])  # [b]
@@ -110,6 +111,7 @@ class PolicyTrainer:
                 sums["ratio_dev"] = max(sums["ratio_dev"], float((stats["ratio"][m] - 1).abs().max()))
                 sums["gap_max"] = max(sums["gap_max"], float(gap.max()))
                 sums["gap_sum"] += float(gap.sum())
+                sums["gap_over"] += float((gap > self.algo.gap_threshold).sum())
                 sums["tis_mean"] += float(weights[m].sum())
             sums["loss"] += float(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip)
@@ -121,7 +123,8 @@ class PolicyTrainer:
         return {"loss": sums["loss"], "grad_norm": float(grad_norm), "lr": self.train_cfg.lr * lr_scale,
                 "clipfrac": sums["clipfrac"] / tokens, "ratio_max": sums["ratio_max"],
                 "ratio_dev_max": sums["ratio_dev"], "logprob_gap_max": sums["gap_max"],
-                "logprob_gap_mean": sums["gap_sum"] / tokens, "tis_weight_mean": sums["tis_mean"] / tokens,
+                "logprob_gap_mean": sums["gap_sum"] / tokens,
+                "logprob_gap_frac_over": sums["gap_over"] / tokens, "tis_weight_mean": sums["tis_mean"] / tokens,
                 "kl": sums["kl"] / tokens, "train_tokens": num_tokens, **balance}
 
     def state_dict(self) -> dict:

@@ -102,8 +102,9 @@ def start_worker(index: int, cfg: RLConfig, weights_ref, version: int):
     cls, extra = RolloutWorker, {}
     if cfg.disagg.partial_rollout:
         cls, extra = PartialRolloutWorker, {"concurrency_groups": {"push": 1}}
-    actor = ray.remote(cls).options(name=f"slide-rollout-{index}", max_restarts=0,
-                                    num_cpus=cfg.disagg.worker_threads, max_concurrency=1, **extra)
+    remote = ray.remote(**extra)(cls) if extra else ray.remote(cls)  # concurrency groups: not an .options() key
+    actor = remote.options(name=f"slide-rollout-{index}", max_restarts=0, num_cpus=cfg.disagg.worker_threads,
+                           max_concurrency=1)
     return actor.remote(index, cfg.model_dump(mode="json"), weights_ref, version)
 
 
@@ -120,12 +121,13 @@ class WorkerPool:
         self.counts = {"workers_replaced": 0, "calls_aborted": 0}
 
     def idle(self) -> list[int]:
-        """Workers with room for another call: DEPTH calls each, so one is queued while one runs and a worker
-        never waits for the driver to collect a result."""
+        """Workers with room for another call, once per free slot, round-robin ([0, 1, 0, 1] when all are free):
+        DEPTH calls each, so one is queued while one runs and a worker never waits for the driver to collect a
+        result."""
         load = [0] * len(self.workers)
         for w, _, _ in self.in_flight.values():
             load[w] += 1
-        return [i for i, n in enumerate(load) if n < DEPTH]
+        return [i for depth in range(DEPTH) for i, n in enumerate(load) if n + depth < DEPTH]
 
     def groups_out(self) -> int:
         return sum(len(problems) for _, problems, _ in self.in_flight.values())

@@ -1,0 +1,93 @@
+"""Async vs sync on a tool environment with heavy-tailed latency: reward against wall-clock time, one script.
+
+    python benchmarks/async_vs_sync.py --init runs/sft-calc/final --steps 40
+
+Runs `slide rl slide/configs/agent_rl.yaml` twice from the same checkpoint, mode=sync then mode=async (same
+seed, batch and step count), back to back, and writes async_vs_sync.png (reward and held-out pass@1 against
+wall time) and async_vs_sync.json: seconds per step, and the time each mode needs to first reach a reward
+target (default: 90% of the sync run's final smoothed reward), whose ratio is the speed-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "slide" / "configs" / "agent_rl.yaml"
+
+
+def run_mode(mode: str, args, out: Path) -> tuple[list[dict], list[dict], float]:
+    overrides = [f"mode={mode}", f"name={mode}", f"out_dir={out}", f"model.init={args.init}", f"steps={args.steps}",
+                 f"seed={args.seed}", f"threads={args.threads}", *args.set]
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "slide.cli", "rl", str(CONFIG), *overrides], check=True)
+    wall = time.perf_counter() - t0
+    run = out / mode
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    return rows, evals, wall
+
+
+def smooth(xs: list[float], k: int) -> list[float]:
+    return [sum(xs[max(0, i - k + 1):i + 1]) / len(xs[max(0, i - k + 1):i + 1]) for i in range(len(xs))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--init", required=True, help="cold-start checkpoint (SFT on calculator traces)")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="trainer torch threads")
+    ap.add_argument("--window", type=int, default=5, help="steps in the reward moving average")
+    ap.add_argument("--target", type=float, default=None, help="reward target (default: 0.9 x sync's final)")
+    ap.add_argument("--out", default="runs/async_vs_sync")
+    ap.add_argument("--set", nargs="*", default=[], help="extra config overrides for both runs")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result, curves = {"steps": args.steps, "config": str(CONFIG), "overrides": args.set}, {}
+    for mode in ("sync", "async"):
+        rows, evals, wall = run_mode(mode, args, out)
+        t, clock = [], 0.0
+        for r in rows:
+            clock += r["time/step_s"]
+            t.append(clock)
+        reward = smooth([r["reward_mean"] for r in rows], args.window)
+        curves[mode] = (t, reward, evals)
+        result[mode] = {"wall_s": wall, "train_loop_s": t[-1], "step_s_mean": t[-1] / len(t),
+                        "final_reward_smoothed": reward[-1],
+                        "final_eval_pass@1": evals[-1]["summary"]["pass@1"] if evals else None}
+    target = args.target if args.target is not None else 0.9 * result["sync"]["final_reward_smoothed"]
+    result["reward_target"] = target
+    for mode, (t, reward, _) in curves.items():
+        hit = next((ti for ti, r in zip(t, reward) if r >= target), None)
+        result[mode]["time_to_target_s"] = hit
+    s, a = result["sync"]["time_to_target_s"], result["async"]["time_to_target_s"]
+    result["speedup_time_to_target"] = (s / a) if s and a else None
+    result["speedup_step_time"] = result["sync"]["step_s_mean"] / result["async"]["step_s_mean"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, (t, reward, evals) in curves.items():
+        ax1.plot(t, reward, label=mode)
+        ts = {i + 1: ti for i, ti in enumerate(t)}
+        ax2.plot([ts[e["step"]] for e in evals], [e["summary"]["pass@1"] for e in evals], marker="o", label=mode)
+    ax1.axhline(target, color="gray", ls=":", label="target")
+    ax1.set(xlabel="wall time (s)", ylabel=f"reward (mean of {args.window} steps)", title="training reward")
+    ax2.set(xlabel="wall time (s)", ylabel="held-out pass@1 (greedy)", title="held-out")
+    for ax in (ax1, ax2):
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "async_vs_sync.png", dpi=110)
+    (out / "async_vs_sync.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
