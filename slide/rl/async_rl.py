@@ -39,8 +39,10 @@ def start_ray(cfg: RLConfig) -> None:
     if ray.is_initialized():
         return
     d = cfg.disagg
+    # address "local": a new Ray on this machine, never a cluster someone started with `ray start` / RAY_ADDRESS
     local = {} if d.ray_address else {"num_cpus": d.workers * d.worker_threads}
-    ray.init(address=d.ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
+    ray.init(address=d.ray_address or "local", include_dashboard=False, log_to_driver=False,
+             configure_logging=False, **local)
 
 
 def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
@@ -83,6 +85,10 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
                     ready = fresh
                     if len(ready) >= P:
                         break
+                    if ready and dropped["no_signal"] >= cfg.algo.max_sample_rounds * P:
+                        break  # as sync's max_sample_rounds: train on a short batch rather than wait forever
+                    if not ready and dropped["no_signal"] >= 4 * cfg.algo.max_sample_rounds * P:
+                        break  # nothing has a reward signal: log the step, skip the update
                     feed()
                     result = pool.next_result()
                     if result is None:
@@ -97,18 +103,21 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
                         else:
                             ready.append(g)
             batch, ready = ready[:P], ready[P:]
-            feed()  # the workers keep generating while we train
+            if d.max_staleness > 0:
+                feed()  # the workers keep generating while we train (on-policy: only after the push)
             # 2. advantages, 3. train on the behaviour policy's samples (TIS against their recorded logprobs)
-            adv = group_advantages(torch.tensor([[s.reward for s in g] for g in batch]), cfg.algo.scale_adv_by_std)
-            advantages = {id(s): float(a) for g, row in zip(batch, adv) for s, a in zip(g, row)}
-            with timer("train"):
-                stats = trainer.step([s for g in batch for s in g], advantages)
+            stats = {}
+            if batch:
+                adv = group_advantages(torch.tensor([[s.reward for s in g] for g in batch]), cfg.algo.scale_adv_by_std)
+                advantages = {id(s): float(a) for g, row in zip(batch, adv) for s, a in zip(g, row)}
+                with timer("train"):
+                    stats = trainer.step([s for g in batch for s in g], advantages)
             # 4. push weights every sync_interval steps; workers apply them between calls
             if step % d.sync_interval == 0:
                 with timer("sync"):
                     stats["sync_bytes"] = pool.push(policy.state_dict(), version=step)
             # 5. log
-            staleness = [version - group_version(g) for g in batch]
+            staleness = [version - group_version(g) for g in batch] or [0]
             metrics = step_metrics(seen or [s for g in batch for s in g])
             metrics.update({
                 "groups_trained": len(batch), "staleness_mean": sum(staleness) / len(staleness),
