@@ -119,7 +119,11 @@ def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
     verify = verifiers(specs)
     stream = ExampleStream(cfg, specs, held_out)
     engine = InProcessEngine(model, pad_token_id=tok.pad_token_id)  # shares the weights: eval needs no sync
-    mean_len = sum(len(encode_example(tok, p, cfg.thinking)[0]) for p in stream.next(32)) / 32
+    lengths = [len(encode_example(tok, p, cfg.thinking)[0]) for p in stream.next(32)]
+    if max(lengths) > cfg.seq_len:  # packing would cut examples, and the cut ones could train on nothing
+        raise UserError(f"seq_len={cfg.seq_len}: examples of {cfg.data} are up to {max(lengths)} tokens; "
+                        f"set seq_len >= {max(lengths) + max(lengths) // 4} (room for longer ones)")
+    mean_len = sum(lengths) / len(lengths)
     per_batch = max(1, int(cfg.batch_tokens / mean_len))
     last: dict = {}
     seen_tokens = 0

@@ -55,11 +55,11 @@ def ray_session():
 def tool_model(tmp_path_factory):
     """An HF folder that calls the calculator tool, if clumsily: at temperature 0.7 about 40% of its episodes
     reach a second turn (the arithmetic sft_model never writes a tool call, so no push could abort one).
-    seq_len 600: the tools system prompt alone is ~450 tokens; at 128 every target token is cut off."""
+    seq_len 700: the tools system prompt alone is ~450 tokens, a whole example 636-639."""
     from slide import sft
     from slide.config import SFTConfig
     out = tmp_path_factory.mktemp("sft-tools")
-    cfg = load_config(SFTConfig, None, ["data=calculator:1", "steps=80", "batch_tokens=1200", "seq_len=600",
+    cfg = load_config(SFTConfig, None, ["data=calculator:1", "steps=80", "batch_tokens=1200", "seq_len=700",
                                         "lr=5e-3", "warmup_steps=5", "examples=16", "thinking=false",
                                         "eval_prompts=2", "threads=1", f"out_dir={out}"])
     run = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg), tensorboard=False)

@@ -85,10 +85,8 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
                     ready = fresh
                     if len(ready) >= P:
                         break
-                    if ready and dropped["no_signal"] >= cfg.algo.max_sample_rounds * P:
-                        break  # as sync's max_sample_rounds: train on a short batch rather than wait forever
                     if not ready and dropped["no_signal"] >= 4 * cfg.algo.max_sample_rounds * P:
-                        break  # nothing has a reward signal: log the step, skip the update
+                        break  # nothing has a reward signal: log the step, skip the update (never hang)
                     feed()
                     result = pool.next_result()
                     if result is None:
