@@ -33,7 +33,7 @@ import math
 import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -48,6 +48,7 @@ from slide.model.tokenizer import (
     parse_assistant,
     stop_token_ids,
 )
+from slide.rl.reward import bounded_call
 from slide.rl.sample import Sample
 from slide.tasks.base import Problem
 
@@ -108,25 +109,6 @@ def encode_conversation(tok, messages: list[dict], tools: list[dict] | None = No
             ids, mask = ids + env, mask + [0] * len(env)
         i = j
     return ids, mask
-
-
-def bounded_call(fn: Callable, *args, timeout_s: float) -> tuple[str, Any]:
-    """Run fn(*args) in a daemon thread: ("ok", value), ("raised", exception) or ("timeout", None). A call that
-    times out is abandoned (threads cannot be killed) but never blocks the run or the interpreter's exit."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn(*args)
-        except BaseException as e:  # an env bug is data, not a crash
-            box["raised"] = e
-
-    t = threading.Thread(target=target, daemon=True, name="slide-env-call")
-    t.start()
-    t.join(timeout_s)
-    if t.is_alive():
-        return "timeout", None
-    return ("raised", box["raised"]) if "raised" in box else ("ok", box.get("value"))
 
 
 def _run_calls(env: Env, calls: list[dict], timeout_s: float) -> list[StepResult | InvalidCall]:

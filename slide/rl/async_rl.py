@@ -22,7 +22,6 @@ import torch
 from slide.algo.grpo import group_advantages
 from slide.config import RLConfig
 from slide.engine.inprocess import InProcessEngine
-from slide.eval.passk import evaluate
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.parts import build
 from slide.rl.worker import WorkerPool
@@ -127,10 +126,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 with timer("eval"):
                     eval_engine.load_weights(policy.state_dict().items(), version=step)
-                    last_eval = evaluate(eval_engine, tok, p.held_out, p.verify, k=1,
-                                         max_new_tokens=cfg.rollout.max_new_tokens, thinking=cfg.rollout.thinking,
-                                         agent=cfg.agent)
-                    run_dir.log_eval(step, last_eval)
+                    last_eval = p.evaluate(eval_engine, cfg, run_dir, step)
                 metrics["eval_pass@1"] = last_eval["summary"]["pass@1"]
             metrics["time/step_s"] = time.perf_counter() - t_step
             metrics.update(timer)

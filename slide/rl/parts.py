@@ -8,7 +8,7 @@ import torch
 
 from slide.config import RLConfig
 from slide.engine.inprocess import SamplingParams
-from slide.eval.passk import verifiers
+from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
 from slide.model.tokenizer import load_tokenizer, stop_token_ids
 from slide.rl.data import PromptSource, eval_problems
@@ -34,6 +34,13 @@ class Parts:
 
     def reward_runner(self, timeout_s: float) -> RewardRunner:
         return reward_runner(self.verify, timeout_s)
+
+    def evaluate(self, engine, cfg: RLConfig, run_dir, step: int) -> dict:
+        """Greedy pass@1 on the held-out problems with `engine`'s weights, logged to eval.jsonl."""
+        result = evaluate(engine, self.tok, self.held_out, self.verify, k=1, max_new_tokens=cfg.rollout.max_new_tokens,
+                          thinking=cfg.rollout.thinking, agent=cfg.agent)
+        run_dir.log_eval(step, result)
+        return result
 
 
 def sampling_params(cfg: RLConfig, tok) -> SamplingParams:

@@ -9,31 +9,40 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
-from typing import Callable
+from typing import Any, Callable
 
 from slide.tasks.base import Problem
 
 RewardFn = Callable[[Problem, str], float]
 
 
-def safe_reward(fn: RewardFn, problem: Problem, response: str, timeout_s: float) -> tuple[float, str]:
-    """(reward, status) with status "ok", "error" or "timeout"; the reward is 0 unless "ok"."""
+def bounded_call(fn: Callable, *args, timeout_s: float) -> tuple[str, Any]:
+    """Run fn(*args) in a daemon thread: ("ok", value), ("raised", exception) or ("timeout", None). A call that
+    times out is abandoned (threads cannot be killed) but never blocks the run or the interpreter's exit."""
     box: dict = {}
 
-    def call():
+    def target():
         try:
-            box["value"] = float(fn(problem, response))
-        except BaseException as e:  # a verifier bug is data, not a crash
-            box["error"] = e
+            box["value"] = fn(*args)
+        except BaseException as e:  # an env bug is data, not a crash
+            box["raised"] = e
 
-    t = threading.Thread(target=call, daemon=True)
+    t = threading.Thread(target=target, daemon=True, name="slide-bounded-call")
     t.start()
     t.join(timeout_s)
     if t.is_alive():
+        return "timeout", None
+    return ("raised", box["raised"]) if "raised" in box else ("ok", box.get("value"))
+
+
+def safe_reward(fn: RewardFn, problem: Problem, response: str, timeout_s: float) -> tuple[float, str]:
+    """(reward, status) with status "ok", "error" or "timeout"; the reward is 0 unless "ok"."""
+    status, value = bounded_call(lambda: float(fn(problem, response)), timeout_s=timeout_s)
+    if status == "timeout":
         return 0.0, "timeout"
-    if "error" in box or not math.isfinite(box.get("value", float("nan"))):
+    if status == "raised" or not math.isfinite(value):  # a verifier bug is data, not a crash
         return 0.0, "error"
-    return box["value"], "ok"
+    return value, "ok"
 
 
 class RewardRunner:

@@ -15,7 +15,6 @@ import torch
 from slide.algo.grpo import group_advantages
 from slide.config import RLConfig
 from slide.engine.inprocess import InProcessEngine
-from slide.eval.passk import evaluate
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.parts import build
 from slide.rl.rollout import Rollout, sample_batch
@@ -32,12 +31,6 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     weight_sync.push(policy, engine, version=p.start)  # the engine holds rollout-precision weights from the start
     reward = p.reward_runner(cfg.rollout.reward_timeout_s)
     rollout = Rollout(engine, tok, p.sampling, cfg.rollout.n, reward, cfg.rollout.thinking, cfg.agent, cfg.seed)
-
-    def do_eval(step: int) -> dict:
-        result = evaluate(engine, tok, p.held_out, p.verify, k=1, max_new_tokens=cfg.rollout.max_new_tokens,
-                          thinking=cfg.rollout.thinking, agent=cfg.agent)
-        run_dir.log_eval(step, result)
-        return result
 
     last_eval = None
     for step in range(p.start + 1, cfg.steps + 1):
@@ -71,7 +64,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
         # 6. periodic eval and checkpoint
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             with timer("eval"):
-                last_eval = do_eval(step)
+                last_eval = p.evaluate(engine, cfg, run_dir, step)
             metrics["eval_pass@1"] = last_eval["summary"]["pass@1"]
         metrics["time/step_s"] = time.perf_counter() - t_step
         metrics.update(timer)
