@@ -6,6 +6,8 @@
     slide rl --resume RUN_DIR                    # continue a killed run
     slide eval --model DIR --data SPEC [--k N]   # pass@1 / pass@k per family and level
     slide bench --model DIR --prompts P --gens G --len L --steps S
+    slide data synth|measure|filter|dedup ...    # curate datasets (slide/datatools/)
+    slide ablate NAME                            # a GLM RL lesson, both arms x seeds (slide/ablate/)
 
 Bad input (config, data, checkpoint, flag) prints one line `error: ...` and exits with status 2.
 """
@@ -120,6 +122,11 @@ def cmd_bench(a) -> None:
     run_bench(a)
 
 
+def cmd_ablate(a) -> None:
+    from slide.ablate.runner import run_ablation
+    run_ablation(a.name, a.out, tuple(a.seeds), quick=a.quick, parallel=a.parallel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="slide", description="RL post-training for reasoning and agentic LLMs (GLM-4.5 recipe)")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -154,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=5)
     b.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     b.set_defaults(fn=cmd_bench)
+    ab = sub.add_parser("ablate", help="a GLM RL lesson: both arms x seeds, a plot and a table")
+    ab.add_argument("name", help="token-mean | single-stage | curriculum | data-quality | temperature")
+    ab.add_argument("--out", default="runs/ablate")
+    ab.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ab.add_argument("--parallel", type=int, default=2, help="runs at a time (one torch thread each)")
+    ab.add_argument("--quick", action="store_true", help="toy size: a smoke test of the whole path")
+    ab.set_defaults(fn=cmd_ablate)
+    from slide.datatools.cli import add_parser as add_data_parser
+    add_data_parser(sub)
     return p
 
 

@@ -46,6 +46,23 @@ class RolloutSpec(Section):
     precision: Literal["fp32", "bf16", "fp8"] = Field(
         "fp32", description="rollout weights as pushed to the engines: fp8 = GLM's block-wise e4m3 (128x128 blocks)")
     sync_bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size, MiB")
+    length_stages: list[tuple[int, int]] = Field(
+        [], description="output-length schedule for training rollouts: [[from_step, max_new_tokens], ...] with "
+                        "growing limits; [] = single stage at max_new_tokens (evaluation always uses max_new_tokens)")
+    force_answer: bool = Field(False, description="a thinking response cut at the limit gets `</think>` inserted "
+                                                  "(not trained on) and force_answer_tokens more to answer")
+    force_answer_tokens: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _stages_grow(self):
+        steps = [s for s, _ in self.length_stages]
+        if steps and (steps[0] != 1 or steps != sorted(set(steps))):
+            raise ValueError("length_stages: from_step values must start at 1 and increase strictly")
+        bad = [n for _, n in self.length_stages if not 1 <= n <= self.max_new_tokens]
+        if bad:
+            raise ValueError(f"length_stages: max_new_tokens {bad[0]} outside 1..rollout.max_new_tokens "
+                             f"({self.max_new_tokens}, the full limit)")
+        return self
 
 
 class AlgoSpec(Section):
@@ -59,6 +76,52 @@ class AlgoSpec(Section):
                                                         "gap exceeds this many nats (logprob_gap_frac_over)")
     dynamic_sampling: bool = Field(True, description="drop groups whose rewards all agree; over-sample to refill")
     max_sample_rounds: int = Field(4, ge=1, description="over-sampling rounds per step before training on fewer")
+
+
+class CurriculumSpec(Section):
+    """Difficulty curriculum (GLM-4.5 RL lesson 1; GLM-4.5V's RLCS). See slide/rl/curriculum.py."""
+    mode: Literal["none", "rlcs", "two-stage"] = Field(
+        "none", description="none: uniform over data.train; rlcs: each step re-weights a pool toward mid difficulty "
+                            "from online pass rates; two-stage: a moderate pool, then an extreme pool from step "
+                            "stage2_step, both measured with the current policy before the stage")
+    pool: int = Field(256, ge=1, description="candidate problems held with difficulty estimates")
+    target: float = Field(0.5, gt=0, lt=1, description="rlcs: the pass rate sampling weights peak at")
+    width: float = Field(0.2, gt=0, description="rlcs: std of the Gaussian weight over estimated pass rate")
+    prior_strength: float = Field(2.0, gt=0, description="rlcs: pseudo-trials of the (family, level) prior per problem")
+    refresh_after: int = Field(4, ge=1, description="rlcs: a problem drawn this many times is replaced by a fresh one")
+    moderate: tuple[float, float] = Field((0.1, 0.9), description="two-stage: stage-1 pass-rate band at k_small")
+    stage2_step: int = Field(0, ge=0, description="two-stage: first step of stage 2 (extreme problems)")
+    k_small: int = Field(8, ge=1, description="two-stage: samples per problem for the moderate band and pass@small = 0")
+    k_large: int = Field(32, ge=2, description="two-stage: samples per problem that must include a success (pass@large > 0)")
+
+    @model_validator(mode="after")
+    def _stages(self):
+        if self.mode == "two-stage" and self.stage2_step < 2:
+            raise ValueError("curriculum.stage2_step must be >= 2 when mode is two-stage")
+        if self.k_large <= self.k_small:
+            raise ValueError(f"curriculum.k_large ({self.k_large}) must exceed k_small ({self.k_small})")
+        lo, hi = self.moderate
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"curriculum.moderate {list(self.moderate)}: need 0 <= low < high <= 1")
+        return self
+
+
+class TemperatureSpec(Section):
+    """Dynamic sampling temperature (GLM-4.5 RL lesson 3). See slide/rl/temperature.py."""
+    dynamic: bool = Field(False, description="on a reward plateau, re-pick the rollout temperature on held-out data")
+    candidates: list[float] = Field([0.0, 0.1, 0.2, 0.3], description="offsets added to the current temperature")
+    tolerance: float = Field(0.01, ge=0, description="pick the highest candidate scoring within this of the best "
+                                                     "(held-out sampled pass@1, absolute)")
+    window: int = Field(8, ge=2, description="plateau: mean reward of the last `window` steps ...")
+    min_delta: float = Field(0.01, ge=0, description="... improves on the window before by less than this")
+    eval_prompts: int = Field(64, ge=1, description="held-out prompts scored per candidate")
+    eval_k: int = Field(4, ge=1, description="samples per prompt per candidate")
+
+    @model_validator(mode="after")
+    def _offsets(self):
+        if not self.candidates or min(self.candidates) < 0:
+            raise ValueError("temperature.candidates: need a non-empty list of offsets >= 0")
+        return self
 
 
 class AgentSpec(Section):
@@ -103,6 +166,8 @@ class RLConfig(Section):
     rollout: RolloutSpec = RolloutSpec()
     agent: AgentSpec = AgentSpec()
     disagg: DisaggSpec = DisaggSpec()
+    curriculum: CurriculumSpec = CurriculumSpec()
+    temperature: TemperatureSpec = TemperatureSpec()
 
     @model_validator(mode="after")
     def _staleness_covers_sync_interval(self):
@@ -111,6 +176,13 @@ class RLConfig(Section):
             raise ValueError(f"disagg.max_staleness={d.max_staleness} is below disagg.sync_interval - 1 = "
                              f"{d.sync_interval - 1}: workers' weights lag that far between pushes, so every "
                              "group would be too stale (raise max_staleness or lower sync_interval)")
+        if self.mode == "async":
+            sync_only = [name for name, on in [("curriculum.mode", self.curriculum.mode != "none"),
+                                               ("temperature.dynamic", self.temperature.dynamic),
+                                               ("rollout.length_stages", bool(self.rollout.length_stages)),
+                                               ("rollout.force_answer", self.rollout.force_answer)] if on]
+            if sync_only:
+                raise ValueError(f"{', '.join(sync_only)}: supported with mode=sync only (for now)")
         return self
     algo: AlgoSpec = AlgoSpec()
     train: TrainSpec = TrainSpec()

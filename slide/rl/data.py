@@ -50,6 +50,16 @@ class PromptSource:
             out.append(p)
         return out
 
+    def start_stage(self, step: int, measure) -> dict | None:
+        """A staged curriculum measures its next pool here; uniform draws have no stages."""
+        return None
+
+    def observe(self, groups) -> None:
+        """Rewarded groups of this source's problems (a curriculum learns from them; uniform draws do not)."""
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
     def state_dict(self) -> dict:
         return {"rng": self.rng.getstate()}
 

@@ -28,7 +28,9 @@ def step_metrics(samples: list[Sample]) -> dict[str, float]:
         "reward_mean": sum(s.reward for s in samples) / n,
         "pass_rate": sum(s.reward >= 1.0 for s in samples) / n,
         "response_len_mean": sum(len(s.response_ids) for s in samples) / n,
-        "truncated_frac": sum(s.status == "truncated" for s in samples) / n,
+        "truncated_frac": sum(s.status in ("truncated", "forced") for s in samples) / n,  # hit the length limit
+        "forced_frac": sum(s.status == "forced" for s in samples) / n,  # ... and were forced to answer
+        "level_mean": sum(s.problem.level for s in samples) / n,  # difficulty drawn (task level)
     }
     episodes = [s for s in samples if isinstance(s, AgentSample)]
     if episodes:

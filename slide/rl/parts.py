@@ -11,8 +11,10 @@ from slide.engine.inprocess import SamplingParams
 from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
 from slide.model.tokenizer import load_tokenizer, stop_token_ids
+from slide.rl.curriculum import make_source
 from slide.rl.data import PromptSource, eval_problems
 from slide.rl.reward import RewardRunner
+from slide.rl.temperature import DynamicTemperature
 from slide.rl.trainer import PolicyTrainer
 from slide.rundir import load_state, set_rng_state
 from slide.tasks import parse_task_specs
@@ -25,12 +27,13 @@ class Parts:
     policy: torch.nn.Module
     trainer: PolicyTrainer
     held_out: list[Problem]
-    source: PromptSource
+    source: PromptSource  # or a curriculum over it (slide/rl/curriculum.py)
     verify: dict  # family -> verify(problem, response)
     sampling: SamplingParams
     generator: torch.Generator  # the rollout sampling stream
     start: int  # the last finished step (0 for a fresh run)
     state: dict  # the checkpoint's saved state ({} for a fresh run)
+    temperature: DynamicTemperature  # the rollout temperature, re-picked on reward plateaus when dynamic
 
     def reward_runner(self, timeout_s: float) -> RewardRunner:
         return reward_runner(self.verify, timeout_s)
@@ -41,6 +44,19 @@ class Parts:
                           thinking=cfg.rollout.thinking, agent=cfg.agent)
         run_dir.log_eval(step, result)
         return result
+
+    def score_temperature(self, engine, cfg: RLConfig, temperature: float) -> float:
+        """Held-out sampled pass@1 at `temperature` (dynamic temperature's candidates are scored by it)."""
+        t = cfg.temperature
+        result = evaluate(engine, self.tok, self.held_out[:t.eval_prompts], self.verify, k=t.eval_k,
+                          temperature=temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                          thinking=cfg.rollout.thinking, generator=self.generator, agent=cfg.agent)
+        return result["summary"]["pass@1"]
+
+    def checkpoint_state(self) -> dict:
+        """What a checkpoint needs beyond the weights to continue exactly."""
+        return {"trainer": self.trainer.state_dict(), "source": self.source.state_dict(),
+                "generator": self.generator.get_state(), "temperature": self.temperature.state_dict()}
 
 
 def sampling_params(cfg: RLConfig, tok) -> SamplingParams:
@@ -62,15 +78,19 @@ def build(cfg: RLConfig, ckpt=None) -> Parts:
     train_specs = parse_task_specs(cfg.data.train)  # datasets are read once
     eval_specs = parse_task_specs(cfg.data.eval) if cfg.data.eval else train_specs
     held_out = eval_problems(eval_specs, cfg.data.eval_prompts, cfg.seed)
-    source = PromptSource(train_specs, cfg.seed, held_out)
+    source = make_source(cfg.curriculum, PromptSource(train_specs, cfg.seed, held_out))
     sampling = sampling_params(cfg, tok)
     gen = torch.Generator().manual_seed(cfg.seed)
-    parts = Parts(tok, policy, trainer, held_out, source, verifiers(train_specs + eval_specs), sampling, gen, 0, {})
+    temperature = DynamicTemperature(cfg.temperature, cfg.rollout.temperature)
+    parts = Parts(tok, policy, trainer, held_out, source, verifiers(train_specs + eval_specs), sampling, gen, 0, {},
+                  temperature)
     if ckpt is not None:
         state = load_state(ckpt)
         trainer.load_state_dict(state["trainer"])
         source.load_state_dict(state["source"])
         gen.set_state(state["generator"])
+        if "temperature" in state:
+            temperature.load_state_dict(state["temperature"])
         set_rng_state(state["rng"])
         parts.start, parts.state = state["step"], state
     return parts

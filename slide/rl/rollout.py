@@ -7,7 +7,7 @@ what both need, so the sync driver, the async workers and evaluation share it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -15,7 +15,8 @@ from slide.agent.episode import run_episodes
 from slide.agent.families import env_factory, is_agentic
 from slide.algo.sampling import DynamicSampler
 from slide.config import AgentSpec
-from slide.engine.inprocess import SamplingParams
+from slide.config import RolloutSpec
+from slide.engine.inprocess import Completion, SamplingParams
 from slide.model.tokenizer import chat_prompt
 from slide.rl.reward import RewardRunner
 from slide.rl.sample import Sample
@@ -25,6 +26,18 @@ from slide.tasks.base import Problem
 def encode_prompt(tokenizer, problem: Problem, thinking: bool) -> list[int]:
     text = chat_prompt(tokenizer, [{"role": "user", "content": problem.prompt}], thinking=thinking)
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+FORCE_ANSWER = "</think>\n"  # inserted where a thinking response hit the length limit (force_answer)
+
+
+def length_limit(spec: RolloutSpec, step: int) -> int:
+    """max_new_tokens for training rollouts at `step` under the output-length schedule (length_stages)."""
+    limit = spec.max_new_tokens  # single stage (no schedule); a schedule's first stage starts at step 1
+    for from_step, tokens in spec.length_stages:
+        if step >= from_step:
+            limit = tokens
+    return limit
 
 
 @dataclass
@@ -37,6 +50,7 @@ class Rollout:
     thinking: bool
     agent: AgentSpec = AgentSpec()
     seed: int = 0  # seeds the environments' latency draws
+    force_answer_tokens: int = 0  # > 0: thinking responses cut at the limit get `</think>` and this many more tokens
 
     def __post_init__(self):
         self.envs = env_factory(self.agent, self.seed)
@@ -66,18 +80,42 @@ class Rollout:
         tok = self.tokenizer
         prompts = [encode_prompt(tok, p, self.thinking) for p in problems]
         outputs = self.engine.generate(prompts, self.params, n=self.n, generator=generator)
+        masks = [[[1] * len(c.tokens) for c in cs] for cs in outputs]
+        forced = set()
+        if self.force_answer_tokens and self.thinking:
+            forced = self._force_answers(prompts, outputs, masks, generator)
         groups = []
-        for problem, prompt, completions in zip(problems, prompts, outputs):
+        for i, (problem, prompt, completions) in enumerate(zip(problems, prompts, outputs)):
             group = []
-            for c in completions:
+            for j, c in enumerate(completions):
                 text = tok.decode(c.tokens, skip_special_tokens=False)
-                s = Sample(prompt_ids=prompt, response_ids=c.tokens, loss_mask=[1] * len(c.tokens),
+                status = "forced" if (i, j) in forced else "completed" if c.finish_reason == "stop" else "truncated"
+                s = Sample(prompt_ids=prompt, response_ids=c.tokens, loss_mask=masks[i][j],
                            behaviour_logprobs=c.logprobs, version=c.version, problem=problem, group=0,
-                           status="completed" if c.finish_reason == "stop" else "truncated", response_text=text)
+                           status=status, response_text=text)
                 s.reward = self.reward(problem, text)
                 group.append(s)
             groups.append(group)
         return groups
+
+    def _force_answers(self, prompts, outputs, masks, generator) -> set[tuple[int, int]]:
+        """Where a completion hit the length limit still thinking, append `</think>\\n` (loss mask 0: the model
+        did not sample it) and let the model answer in force_answer_tokens more. Edits outputs and masks in
+        place; returns the (prompt, sample) positions it forced."""
+        close = self.tokenizer.encode(FORCE_ANSWER, add_special_tokens=False)
+        cut = [(i, j) for i, cs in enumerate(outputs) for j, c in enumerate(cs)
+               if c.finish_reason == "length" and close[0] not in c.tokens]
+        if not cut:
+            return set()
+        tails = self.engine.generate([prompts[i] + outputs[i][j].tokens + close for i, j in cut],
+                                     replace(self.params, max_new_tokens=self.force_answer_tokens), n=1,
+                                     generator=generator)
+        for (i, j), [tail] in zip(cut, tails):
+            c = outputs[i][j]
+            outputs[i][j] = Completion(c.tokens + close + tail.tokens, c.logprobs + [0.0] * len(close) + tail.logprobs,
+                                       tail.finish_reason, c.version)
+            masks[i][j] = masks[i][j] + [0] * len(close) + [1] * len(tail.tokens)
+        return set(cut)
 
 
 def sample_batch(rollout: Rollout, source, groups_per_step: int, dynamic: bool, max_rounds: int,
@@ -93,6 +131,7 @@ def sample_batch(rollout: Rollout, source, groups_per_step: int, dynamic: bool, 
     for _ in range(max_rounds):
         groups = rollout.groups(source.next(want), first_group=len(seen), generator=generator)
         seen += groups
+        source.observe(groups)
         sampler.add(groups, torch.tensor([[s.reward for s in g] for g in groups]))
         if sampler.full:
             break

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 
 import torch
 
@@ -16,8 +17,9 @@ from slide.algo.grpo import group_advantages
 from slide.config import RLConfig
 from slide.engine.inprocess import InProcessEngine
 from slide.rl.metrics import Timer, step_metrics
+from slide.rl.curriculum import successes
 from slide.rl.parts import build
-from slide.rl.rollout import Rollout, sample_batch
+from slide.rl.rollout import Rollout, length_limit, sample_batch
 from slide.rundir import RunDir
 from slide.weights.buckets import WeightSync
 
@@ -30,12 +32,19 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     weight_sync = WeightSync(cfg.rollout.precision, cfg.rollout.sync_bucket_mb)
     weight_sync.push(policy, engine, version=p.start)  # the engine holds rollout-precision weights from the start
     reward = p.reward_runner(cfg.rollout.reward_timeout_s)
-    rollout = Rollout(engine, tok, p.sampling, cfg.rollout.n, reward, cfg.rollout.thinking, cfg.agent, cfg.seed)
+    rollout = Rollout(engine, tok, p.sampling, cfg.rollout.n, reward, cfg.rollout.thinking, cfg.agent, cfg.seed,
+                      cfg.rollout.force_answer_tokens if cfg.rollout.force_answer else 0)
 
     last_eval = None
     for step in range(p.start + 1, cfg.steps + 1):
         timer = Timer()
         t_step = time.perf_counter()
+        # 0. schedule: this step's temperature and output-length limit; a curriculum stage measures its pool
+        rollout.params = replace(p.sampling, temperature=p.temperature.value,
+                                 max_new_tokens=length_limit(cfg.rollout, step))
+        trainer.temperature = p.temperature.value
+        with timer("curriculum"):
+            stage_stats = source.start_stage(step, lambda problems, k: successes(rollout, problems, k, gen))
         # 1. rollout: n samples per prompt, rewarded; dynamic sampling drops groups with no signal
         with timer("rollout"):
             batch, seen, sampling_stats = sample_batch(rollout, source, cfg.rollout.prompts_per_step,
@@ -57,7 +66,8 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
         run_dir.log_trajectories([s.record(step) for s in all_samples])
         metrics = step_metrics(all_samples)
         metrics.update({
-            "groups_trained": len(batch),
+            "groups_trained": len(batch), "max_new_tokens": rollout.params.max_new_tokens,
+            **source.stats(), **(stage_stats or {}),
             **{f"sampling/{k}": v for k, v in sampling_stats.items()},
             **reward.pop_stats(), **stats,
         })
@@ -66,12 +76,14 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             with timer("eval"):
                 last_eval = p.evaluate(engine, cfg, run_dir, step)
             metrics["eval_pass@1"] = last_eval["summary"]["pass@1"]
+        with timer("temperature"):  # on a reward plateau, re-pick the temperature on held-out prompts
+            metrics.update(p.temperature.after_step(metrics.get("reward_mean"),
+                                                    lambda t: p.score_temperature(engine, cfg, t)))
         metrics["time/step_s"] = time.perf_counter() - t_step
         metrics.update(timer)
         run_dir.log_metrics(step, metrics)
         if progress:
             progress(step, metrics)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            run_dir.save_checkpoint(step, policy, tok, {
-                "trainer": trainer.state_dict(), "source": source.state_dict(), "generator": gen.get_state()})
+            run_dir.save_checkpoint(step, policy, tok, p.checkpoint_state())
     return last_eval
