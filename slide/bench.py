@@ -1,18 +1,23 @@
 """A fixed-shape RL step benchmark on any local Hugging Face causal LM.
 
-    slide bench --model DIR --prompts 8 --gens 8 --len 128 --steps 5 [--dtype bf16]
+    slide bench --model DIR --prompts 8 --gens 8 --len 128 --steps 5 [--dtype bf16] [--engine vllm]
+    python -m slide.bench --model DIR ... --engine vllm      # the same, without the CLI
 
 Each step: P prompts x G generations of exactly L new tokens (stop tokens suppressed), a reward,
-group advantages, one GRPO update, and the weight push into the engine. The same workload as
-shared/bench/trl_grpo.py, so the two can be timed side by side. The last line is machine-readable:
+group advantages, one GRPO update, and the weight push into the engine through the sync path
+(WeightSync at the rollout dtype, in place). The same workload as shared/bench/trl_grpo.py, so the two
+can be timed side by side. `--engine vllm` rolls out with slide.engine.vllm_engine (run it in
+.venv-vllm: scripts/setup_vllm.sh). The last line is machine-readable:
 `bench: step_s_median=... gen_tok_s=... peak_rss_mb=...`.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import random
 import resource
 import statistics
+import sys
 import time
 
 import torch
@@ -26,6 +31,9 @@ from slide.model.load import load_model
 from slide.rl.sample import Sample
 from slide.rl.trainer import PolicyTrainer
 from slide.tasks.base import Problem
+from slide.weights.buckets import WeightSync
+
+ENGINES = ("inprocess", "vllm")
 
 
 def _peak_rss_mb() -> float:
@@ -38,6 +46,9 @@ def run_bench(a) -> dict:
             raise UserError(f"--{name} must be >= 1, got {getattr(a, name)}")
     if a.gens < 2:
         raise UserError("--gens must be >= 2 (GRPO needs a group)")
+    kind = getattr(a, "engine", "inprocess")
+    if kind not in ENGINES:
+        raise UserError(f"--engine {kind!r}: allowed {', '.join(ENGINES)}")
     torch.manual_seed(0)
     policy = load_model(a.model, "--model")
     try:
@@ -46,7 +57,12 @@ def run_bench(a) -> dict:
         raise UserError(f"--model {a.model!r}: cannot load its tokenizer ({type(e).__name__})") from None
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
-    engine = InProcessEngine(copy.deepcopy(policy).to(dtype), pad_token_id=pad)  # rollout copy at rollout precision
+    if kind == "vllm":
+        from slide.engine.vllm_engine import VLLMEngine
+        engine = VLLMEngine(a.model, dtype=a.dtype)  # built from the same folder, so it starts at version 0
+    else:
+        engine = InProcessEngine(copy.deepcopy(policy).to(dtype), pad_token_id=pad)  # rollout copy at rollout precision
+    sync = WeightSync(precision=a.dtype, bucket_mb=256)
     trainer = PolicyTrainer(policy, TrainSpec(lr=1e-5, micro_batch=a.prompts * a.gens), AlgoSpec(),
                             temperature=1.0, pad_id=pad, router_bias_rate=0.0, autocast=dtype)
     params = SamplingParams(temperature=1.0, max_new_tokens=a.len, min_new_tokens=a.len,
@@ -74,7 +90,7 @@ def run_bench(a) -> dict:
         t2 = time.perf_counter()
         trainer.step([s for g in groups for s in g], advantages)
         t3 = time.perf_counter()
-        engine.load_weights(((k, v.to(dtype)) for k, v in policy.state_dict().items()), version=step + 1)
+        sync.push(policy, engine, version=step + 1)
         t4 = time.perf_counter()
         for k, v in (("generate", t1 - t0), ("logprobs", 0.0), ("train", t3 - t2), ("sync", t4 - t3),
                      ("step", t4 - t0)):
@@ -87,7 +103,34 @@ def run_bench(a) -> dict:
     result = {"step_s_median": med["step"], "gen_tok_s": tokens / med["generate"], "peak_rss_mb": _peak_rss_mb(),
               **{f"{k}_s_median": med[k] for k in ("generate", "logprobs", "train", "sync")}}
     print(f"phases (median s): generate={med['generate']:.3f} logprobs=0.000 (fused into the train forward) "
-          f"train={med['train']:.3f} sync={med['sync']:.3f}  dtype={a.dtype} threads={torch.get_num_threads()}")
+          f"train={med['train']:.3f} sync={med['sync']:.3f}  dtype={a.dtype} engine={kind} "
+          f"threads={torch.get_num_threads()}")
     print(f"bench: step_s_median={med['step']:.3f} gen_tok_s={tokens / med['generate']:.0f} "
           f"peak_rss_mb={result['peak_rss_mb']:.0f}")
     return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--gens", type=int, default=8)
+    parser.add_argument("--len", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--engine", choices=ENGINES, default="inprocess",
+                        help="rollout engine: inprocess (default) or vllm (needs .venv-vllm)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m slide.bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    try:
+        run_bench(parser.parse_args(argv))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--len", type=int, default=32)
     b.add_argument("--steps", type=int, default=5)
     b.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    b.add_argument("--engine", choices=["inprocess", "vllm"], default="inprocess",
+                   help="rollout engine (vllm: needs scripts/setup_vllm.sh's .venv-vllm)")
     b.set_defaults(fn=cmd_bench)
     ab = sub.add_parser("ablate", help="a GLM RL lesson: both arms x seeds, a plot and a table")
     ab.add_argument("name", help="token-mean | single-stage | curriculum | data-quality | temperature")

@@ -67,6 +67,18 @@ def _plot(ablation, data: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def _verdict(winner, expected, winner_seeds, seeds, margin) -> str:
+    """'reproduced' only when the paper's arm wins on every seed; 'opposite' when the other arm does;
+    'inconclusive' when the seeds disagree (the difference is inside seed-to-seed noise)."""
+    if margin is None:
+        return "incomplete (a run failed or has no evaluation)"
+    if winner is None:
+        return "inconclusive (a tie)"
+    if winner_seeds is not None and winner_seeds < seeds:
+        return "inconclusive (seeds disagree)"
+    return "reproduced" if winner == expected else "opposite"
+
+
 def write_report(ablation, runs: dict, status: dict, here: Path, wall_s: float) -> dict:
     """runs: (arm, seed) -> run dir. Writes report.png and report.json into `here`; returns the JSON."""
     data: dict[str, dict] = {}
@@ -92,14 +104,16 @@ def write_report(ablation, runs: dict, status: dict, here: Path, wall_s: float) 
         other = next(a for a in table if a != winner)
         pairs = [(table[winner]["score_per_seed"][s], table[other]["score_per_seed"][s]) for s in data[winner]]
         per_seed_agree = sum(w is not None and o is not None and w > o for w, o in pairs)
+    verdict = _verdict(winner, ablation.expected, per_seed_agree, len(next(iter(data.values()))), margin)
     line = (f"ablate {ablation.name}: " + ", ".join(f"{a} {v:.3f}" for a, v in scored.items())
-            + (f" -> {winner} by {margin:.3f} (wins on {per_seed_agree}/{len(data[winner])} seeds); paper: "
-               f"{ablation.expected} {'(same direction)' if winner == ablation.expected else '(NOT reproduced)'}"
-               if winner else " -> a tie" if margin == 0 else " -> incomplete (some runs failed or have no evaluation)"))
+            + (f" -> {winner} by {margin:.3f} (wins on {per_seed_agree}/{len(data[winner])} seeds)" if winner else "")
+            + f"; paper: {ablation.expected} -> {verdict}")
     report = {"ablation": ablation.name, "paper_finding": ablation.finding, "paper_winner": ablation.expected,
               "score": f"held-out pass@1, mean of the last {LAST} evaluations per seed, then over seeds",
               "arms": table, "winner": winner, "margin": margin, "winner_seeds": per_seed_agree,
-              "reproduced": winner == ablation.expected if winner else None, "wall_s": wall_s,
+              "verdict": verdict, "wall_s": wall_s,  # of this invocation (runs finished before are not re-run)
+              "run_s": {f"{arm}-s{seed}": sum(r.get("time/step_s", 0.0) for r in run["metrics"])
+                        for arm, seeds in data.items() for seed, run in seeds.items()},
               "summary_line": line}
     here.mkdir(parents=True, exist_ok=True)
     (here / "report.json").write_text(json.dumps(report, indent=2, default=str))

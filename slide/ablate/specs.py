@@ -21,7 +21,7 @@ class Ablation:
     arms: dict[str, list[str]]  # arm label -> `slide rl` overrides
     common: list[str] = field(default_factory=list)  # overrides shared by both arms
     side_metric: str = "reward_mean"  # second panel of the plot (from metrics.jsonl)
-    steps: int = 60
+    steps: int = 40
 
     def prepare(self, data_dir: Path, quick: bool) -> None:
         """Build the files the arms' overrides name (data-quality only)."""
@@ -52,19 +52,19 @@ ABLATIONS = {a.name: a for a in [
         finding="token-weighted mean loss beats sequence-mean: faster, more stable, less length bias (code RL)",
         expected="token-mean",
         arms={"token-mean": ["algo.loss_agg=token-mean"], "seq-mean": ["algo.loss_agg=seq-mean-token-mean"]},
-        common=[f"data.train={BASE_TASK}"], side_metric="response_len_mean"),
+        common=[f"data.train={BASE_TASK}"], side_metric="response_len_mean", steps=60),
     Ablation(
         "single-stage",
         finding="single-stage RL at the full output length beats growing the limit in stages "
                 "(short stages make the model unlearn long outputs)",
         expected="single-stage",
-        arms={"single-stage": [], "staged": ["rollout.length_stages=[[1,40],[21,64],[41,96]]"]},
+        arms={"single-stage": [], "staged": ["rollout.length_stages=[[1,40],[14,64],[27,96]]"]},
         common=["data.train=arithmetic:2-4"], side_metric="truncated_frac"),
     Ablation(
         "curriculum",
         finding="a two-stage difficulty curriculum (moderate, then pass@small = 0 < pass@large) beats uniform sampling",
         expected="two-stage",
-        arms={"uniform": [], "two-stage": ["curriculum.mode=two-stage", "curriculum.stage2_step=31",
+        arms={"uniform": [], "two-stage": ["curriculum.mode=two-stage", "curriculum.stage2_step=21",
                                            "curriculum.pool=128", "curriculum.k_small=8", "curriculum.k_large=32"]},
         common=["data.train=arithmetic:1-5", "data.eval=arithmetic:3-5"], side_metric="level_mean"),
     DataQuality(

@@ -48,13 +48,28 @@ class IncompleteSyncError(WeightSyncError):
 
 
 class Engine(Protocol):
-    """What a receiver needs from a rollout engine (slide.engine.inprocess.InProcessEngine has it)."""
+    """What a receiver needs from a rollout engine: its version and load_weights, plus the tensors it expects,
+    from `weight_specs()` if it has one (slide.engine.vllm_engine.VLLMEngine) or else read off its `model`, an
+    HF module with the trainer's state_dict names (slide.engine.inprocess.InProcessEngine)."""
 
-    model: torch.nn.Module
     version: int  # policy version of the weights it holds
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> int:
         """Copy the tensors into the model in place, then set self.version = version."""
+
+    # optional: def weight_specs(self) -> dict[str, tuple[torch.Size, torch.dtype]]
+    #   every tensor a push must carry: state_dict name -> (shape, dtype FP8 payloads are dequantized to)
+
+
+def expected_weights(engine: Engine) -> tuple[dict[str, tuple[torch.Size, torch.dtype]], set[str]]:
+    """(name -> (shape, dtype) of every tensor the engine accepts, the names a complete push must carry)."""
+    if hasattr(engine, "weight_specs"):
+        specs = engine.weight_specs()
+        return specs, set(specs)
+    model = engine.model
+    own = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name
+    own.update(model.named_buffers())  # non-persistent buffers are accepted, never required
+    return {n: (t.shape, t.dtype) for n, t in own.items()}, set(model.state_dict())
 
 
 @dataclass
@@ -197,23 +212,21 @@ class WeightReceiver:
                                       f"arrived (missing {missing[:8]}); nothing of it was applied")
 
     def _apply(self, items: list[tuple[str, Payload]], version: int) -> None:
-        model = self.engine.model
-        own = dict(model.named_parameters(remove_duplicate=False))
-        own.update(model.named_buffers())
+        own, required = expected_weights(self.engine)
         # validate everything before touching any weight: a bad push must leave the engine as it was
         bad = [f"{n!r}: engine has no such weight" for n, _ in items if n not in own]
-        bad += [f"{n!r}: shape {tuple(p.shape)}, engine has {tuple(own[n].shape)}"
-                for n, p in items if n in own and p.shape != own[n].shape]  # copy_ would broadcast silently
+        bad += [f"{n!r}: shape {tuple(p.shape)}, engine has {tuple(own[n][0])}"
+                for n, p in items if n in own and p.shape != own[n][0]]  # copy_ would broadcast silently
         if bad:
             raise WeightSyncError(f"version {version}: {len(bad)} tensor(s) do not fit the engine: {'; '.join(bad[:5])}")
-        missing = sorted(set(model.state_dict()) - {n for n, _ in items})
+        missing = sorted(required - {n for n, _ in items})
         if missing:
             raise IncompleteSyncError(f"version {version}: the push lacks {len(missing)} of the engine's tensors "
                                       f"(e.g. {missing[:3]}); nothing was applied")
 
         def decoded():
             for name, payload in items:
-                yield name, payload.dequantize(own[name].dtype) if isinstance(payload, Fp8Weight) else payload
+                yield name, payload.dequantize(own[name][1]) if isinstance(payload, Fp8Weight) else payload
 
         self.engine.load_weights(decoded(), version=version)
 
