@@ -8,14 +8,7 @@ cd "$(dirname "$0")/.."
 HIDDEN=${1:-512}; LAYERS=${2:-8}; LEN=${3:-128}
 SHARED=${SHARED:-../shared}
 bash scripts/setup.sh
-if [ ! -x .venv-trl/bin/python ]; then
-  python3 -m venv .venv-trl
-  .venv-trl/bin/pip install -q torch==2.13.0 transformers==5.24.0 trl==1.16.0 datasets accelerate
-fi
-OUT=${OUT:-benchmarks/results}
-mkdir -p "$OUT"
-MODEL="$OUT/model_h${HIDDEN}_l${LAYERS}"
-[ -f "$MODEL/config.json" ] || .venv/bin/python "$SHARED/bench/tiny_model.py" "$MODEL" --hidden "$HIDDEN" --layers "$LAYERS"
+. benchmarks/bench_env.sh
 ARGS="--prompts 8 --gens 8 --len $LEN --steps 5"
 LOG="$OUT/h${HIDDEN}_l${LAYERS}_len${LEN}.log"
 set -o pipefail

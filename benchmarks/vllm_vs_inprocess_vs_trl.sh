@@ -12,14 +12,7 @@ STEPS=${STEPS:-5}
 SHARED=${SHARED:-../shared}
 bash scripts/setup.sh
 bash scripts/setup_vllm.sh
-if [ ! -x .venv-trl/bin/python ]; then
-  python3 -m venv .venv-trl
-  .venv-trl/bin/pip install -q torch==2.13.0 transformers==5.24.0 trl==1.16.0 datasets accelerate
-fi
-OUT=${OUT:-benchmarks/results}
-mkdir -p "$OUT"
-MODEL="$OUT/model_h${HIDDEN}_l${LAYERS}"
-[ -f "$MODEL/config.json" ] || .venv/bin/python "$SHARED/bench/tiny_model.py" "$MODEL" --hidden "$HIDDEN" --layers "$LAYERS"
+. benchmarks/bench_env.sh
 NAME="$OUT/vllm_vs_inprocess_vs_trl_h${HIDDEN}_l${LAYERS}_len${LEN}_${DTYPE}"
 ARGS="--model $MODEL --prompts 8 --gens 8 --len $LEN --steps $STEPS --dtype $DTYPE"
 TRL_DTYPE=$([ "$DTYPE" = bf16 ] && echo --bf16 || true)
