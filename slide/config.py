@@ -32,6 +32,11 @@ class TrainSpec(Section):
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = Field(1.0, gt=0, description="max global grad norm")
     micro_batch: int = Field(32, ge=1, description="sequences per forward/backward pass")
+    freeze_router: bool = Field(False, description="keep the MoE routers' weights fixed (no gradient), so "
+                                                   "training moves the experts, not which experts a token uses")
+    updates_per_step: int = Field(1, ge=1, description="optimizer updates per rollout batch: 1 = on-policy; k > 1 "
+                                                       "splits the batch into k mini-batches of whole groups, "
+                                                       "clipped against the rollout policy (PPO-style)")
     warmup_steps: int = Field(0, ge=0)
 
 
@@ -43,6 +48,9 @@ class RolloutSpec(Section):
     max_new_tokens: int = Field(96, ge=1)
     thinking: bool = Field(True, description="GLM thinking mode (False appends /nothink and an empty think block)")
     reward_timeout_s: float = Field(5.0, gt=0, description="a reward call slower than this scores 0 and is counted")
+    engine: Literal["inprocess", "vllm"] = Field(
+        "inprocess", description="rollout engine: inprocess (HF model + KV cache, this process) or vllm "
+                                 "(optional extra: bash scripts/setup_vllm.sh, run in .venv-vllm; mode=sync)")
     precision: Literal["fp32", "bf16", "fp8"] = Field(
         "fp32", description="rollout weights as pushed to the engines: fp8 = GLM's block-wise e4m3 (128x128 blocks)")
     sync_bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size, MiB")
@@ -180,7 +188,8 @@ class RLConfig(Section):
             sync_only = [name for name, on in [("curriculum.mode", self.curriculum.mode != "none"),
                                                ("temperature.dynamic", self.temperature.dynamic),
                                                ("rollout.length_stages", bool(self.rollout.length_stages)),
-                                               ("rollout.force_answer", self.rollout.force_answer)] if on]
+                                               ("rollout.force_answer", self.rollout.force_answer),
+                                               ("rollout.engine=vllm", self.rollout.engine == "vllm")] if on]
             if sync_only:
                 raise ValueError(f"{', '.join(sync_only)}: supported with mode=sync only (for now)")
         return self

@@ -256,18 +256,20 @@ def test_reward_rises_with_stale_samples(sft_init, ray_session, tmp_path):
     """The JSONL "answer 7" task of test_rl.py in async mode: training on groups up to one version old
     (importance-corrected) still lifts the reward from the SFT start.
 
-    Calibration (2026-11-29, 2 busy cores, 20-50 s a run; timing can change which groups make a batch, so a
-    seed does not fix the run): mean reward of steps 1-4 -> 9-12 went 0.27 -> 0.73 / 0.71 / 0.71, 0.19 -> 0.84,
-    0.20 -> 0.48 for seeds 1 (three runs), 2, 3; held-out greedy pass@1 0.85-1.0 (six earlier runs, seeds 1-6:
-    gains 0.27-0.52). At lr 4e-4 and 6e-4, 3 of 9 runs missed this bar, two by collapsing to reward ~0 right
-    after logprob_gap_mean (stale behaviour policy vs trainer) reached 1-1.7 nats/token.
+    Calibration (2026-11-29, 2 busy cores, 20-70 s a run; timing changes which groups make a batch, so a
+    seed does not fix the run). lr 3e-4, 12 steps: mean reward of steps 1-4 -> last 4 went 0.27 -> 0.73 /
+    0.71 / 0.71, 0.19 -> 0.84, 0.20 -> 0.48 on a quiet machine, but with a second async run beside it one of
+    three collapsed (0.29 -> 0.31, held-out 0.15), as did one CI run (0.31 -> 0.32). lr 2e-4, 16 steps (used
+    here), beside a second run: 0.22 -> 0.80, 0.22 -> 0.79, 0.20 -> 0.59, held-out greedy pass@1 1.0 each.
+    At lr 4e-4 and 6e-4, 3 of 9 runs missed, two by collapsing to reward ~0 right after logprob_gap_mean
+    (stale behaviour policy vs trainer) reached 1-1.7 nats/token.
     """
     data = tmp_path / "seven.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"What is {a}+{b}?", "answer": 7}) + "\n"
                             for a in range(10) for b in range(10)))
-    cfg, path = run_async(tmp_path, "seven", f"model.init={sft_init}", f"data.train={data}", "steps=12",
+    cfg, path = run_async(tmp_path, "seven", f"model.init={sft_init}", f"data.train={data}", "steps=16",
                           "eval_every=0", "rollout.prompts_per_step=4", "rollout.n=8", "rollout.max_new_tokens=40",
-                          "train.lr=3e-4", "data.eval_prompts=20", "seed=1", "disagg.workers=2",
+                          "train.lr=2e-4", "data.eval_prompts=20", "seed=1", "disagg.workers=2",
                           "disagg.max_staleness=1")
     rows = read(path / "metrics.jsonl")
     check_rows(cfg, rows)

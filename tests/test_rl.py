@@ -136,3 +136,39 @@ def test_one_update_moves_logprobs_in_the_advantage_direction(tmp_path):
     stats = trainer.step([good, bad], {id(good): 1.0, id(bad): -1.0})
     assert stats["ratio_dev_max"] == 0.0 and abs(stats["tis_weight_mean"] - 1.0) < 1e-5
     assert seq_logp(good) > before[0] and seq_logp(bad) < before[1]
+
+
+def test_mini_batch_updates_clip_against_the_rollout_policy():
+    """updates_per_step=2: two optimizer updates on halves of the batch (whole groups); the second half's
+    ratio is taken against the logprobs from before the first update (so it is no longer exactly 1), and
+    both halves still move in their advantages' direction."""
+    from slide.config import AlgoSpec, TrainSpec
+    from slide.model.tiny import build_model, tiny_config
+    from slide.model.tokenizer import load_tokenizer
+    from slide.rl.sample import Sample
+    from slide.rl.trainer import PolicyTrainer, collate, response_logprobs
+    from slide.tasks.base import Problem
+
+    tok = load_tokenizer()
+    model = build_model(tiny_config("test", tok), seed=0)
+    trainer = PolicyTrainer(model, TrainSpec(lr=1e-3, updates_per_step=2), AlgoSpec(), temperature=1.0, pad_id=0,
+                            router_bias_rate=0.0)
+    prob = Problem(prompt="q", answer="1", family="f", level=1)
+    batch = [Sample([1, 2, 4, 18, 30], resp, [1] * len(resp), [0.0] * len(resp), 0, prob, 0)
+             for resp in ([40, 41, 42], [50, 51], [43, 44], [52, 53, 54])]
+    advantages = {id(s): a for s, a in zip(batch, (1.0, -1.0, 1.0, -1.0))}
+
+    def seq_logp(s):
+        ids, attn, targets, mask, _, start = collate([s], 0)
+        with torch.no_grad():
+            return response_logprobs(model, ids, attn, targets, start, 1.0)[0]
+
+    before = [seq_logp(s) for s in batch]
+    for s, lp in zip(batch, before):
+        s.behaviour_logprobs = lp.tolist()
+    stats = trainer.step(batch, advantages)
+    assert stats["updates"] == 2 and trainer.updates == 2
+    assert stats["ratio_dev_max"] > 0  # the second update saw the first one's change
+    after = [seq_logp(s) for s in batch]
+    for s, b, a in zip(batch, before, after):
+        assert (a.sum() > b.sum()) == (advantages[id(s)] > 0)

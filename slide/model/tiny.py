@@ -25,9 +25,14 @@ def tiny_config(size: str, tokenizer) -> Glm4MoeConfig:
     if size not in SIZES:
         from slide.errors import UserError
         raise UserError(f"model.size: unknown size {size!r} (allowed: {', '.join(SIZES)})")
+    return glm_config(tokenizer, **SIZES[size])
+
+
+def glm_config(tokenizer, **sizes) -> Glm4MoeConfig:
+    """A `glm4_moe` config with SLIDE's GLM-4.5 choices and the given sizes (hidden_size, layers, experts...)."""
     return Glm4MoeConfig(
         vocab_size=len(tokenizer),
-        **SIZES[size],
+        **sizes,
         n_shared_experts=1,
         first_k_dense_replace=1,  # GLM: the first layer(s) dense, the rest MoE
         routed_scaling_factor=2.5,
@@ -75,7 +80,7 @@ class ExpertLoad:
         def hook(module, args, output):
             if self.enabled and torch.is_grad_enabled():  # count training forwards only
                 idx = output[2].reshape(-1)
-                self.counts[i] += torch.bincount(idx, minlength=module.num_experts).float()
+                self.counts[i] += torch.bincount(idx, minlength=module.num_experts).float().cpu()
         return hook
 
     @torch.no_grad()
@@ -88,6 +93,7 @@ class ExpertLoad:
                 continue
             share = count / total
             max_share = max(max_share, float(share.max()))
-            gate.e_score_correction_bias += rate * torch.sign(share.mean() - share)
+            bias = gate.e_score_correction_bias
+            bias += (rate * torch.sign(share.mean() - share)).to(bias.device, bias.dtype)
             count.zero_()
         return {"expert_share_max": max_share}

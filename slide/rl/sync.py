@@ -7,7 +7,6 @@ The trainer and the in-process engine share the process (and the CPU) and take t
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import replace
 
@@ -15,7 +14,7 @@ import torch
 
 from slide.algo.grpo import group_advantages
 from slide.config import RLConfig
-from slide.engine.inprocess import InProcessEngine
+from slide.engine import close_engine, make_engine
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.curriculum import successes
 from slide.rl.parts import build
@@ -27,8 +26,16 @@ from slide.weights.buckets import WeightSync
 def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     """Train for cfg.steps steps in `run_dir` (continuing from `ckpt` if given). Returns the last eval."""
     p = build(cfg, ckpt)
+    engine = make_engine(cfg.rollout.engine, p.policy, p.tok.pad_token_id, cfg.rollout.precision, cfg.seed)
+    try:
+        return _train(cfg, run_dir, p, engine, progress)
+    finally:
+        close_engine(engine)
+
+
+def _train(cfg: RLConfig, run_dir: RunDir, p, engine, progress) -> dict:
+    """The RL loop: one iteration per step, with `engine` holding the rollout copy of the weights."""
     tok, policy, trainer, source, gen = p.tok, p.policy, p.trainer, p.source, p.generator
-    engine = InProcessEngine(copy.deepcopy(policy), pad_token_id=tok.pad_token_id)
     weight_sync = WeightSync(cfg.rollout.precision, cfg.rollout.sync_bucket_mb)
     weight_sync.push(policy, engine, version=p.start)  # the engine holds rollout-precision weights from the start
     reward = p.reward_runner(cfg.rollout.reward_timeout_s)

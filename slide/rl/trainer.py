@@ -1,8 +1,9 @@
 """The policy trainer: logprobs of sampled tokens, the GRPO update, optimizer and its state.
 
-Works on `Sample`s: the exact token ids the engine produced. A step is one optimizer update per rollout batch (strictly on-policy); it splits the batch into
-micro-batches; the loss of each is aggregated with the WHOLE batch's token/sequence counts so that
-gradient accumulation equals one big batch.
+Works on `Sample`s: the exact token ids the engine produced. A step trains on one rollout batch: one
+optimizer update (strictly on-policy) or `train.updates_per_step` PPO-style mini-batch updates. Each
+update splits its samples into micro-batches; the loss of each is aggregated with the whole update's
+token/sequence counts so that gradient accumulation equals one big batch.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from slide.algo.grpo import AGGREGATIONS, kl_k3, masked_mean, policy_loss, tis_weights
 from slide.config import AlgoSpec, TrainSpec
-from slide.model.tiny import ExpertLoad
+from slide.model.tiny import ExpertLoad, routers
 from slide.rl.sample import Sample
 
 
@@ -45,7 +46,7 @@ def response_logprobs(model, ids, attn, targets, start, temperature: float) -> t
     """logprob of each response token under softmax(logits / T): [b, R] (padding positions arbitrary)."""
     logits = model(input_ids=ids, attention_mask=attn).logits.float()  # [b, L, V]
     R = targets.shape[1]
-    index = (start[:, None] + torch.arange(R)[None, :]).clamp(max=ids.shape[1] - 1)  # [b, R]
+    index = (start[:, None] + torch.arange(R, device=ids.device)[None, :]).clamp(max=ids.shape[1] - 1)  # [b, R]
     picked = logits.gather(1, index[:, :, None].expand(-1, -1, logits.shape[-1]))  # [b, R, V]
     logp = torch.log_softmax(picked / temperature, dim=-1)
     return logp.gather(-1, targets[:, :, None]).squeeze(-1)
@@ -59,10 +60,22 @@ class PolicyTrainer:
         self.router_bias_rate = router_bias_rate
         self.ref_model = ref_model  # only when kl_coef > 0
         self.autocast = autocast  # bf16: mixed-precision forward/backward, fp32 master weights and optimizer
-        self.opt = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=train.betas,
-                                     weight_decay=train.weight_decay)
+        if train.freeze_router:
+            for gate in routers(model):
+                gate.weight.requires_grad_(False)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(trainable, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
         self.load = ExpertLoad(model)
         self.updates = 0
+
+    def _collate(self, samples: list[Sample]):
+        """collate() on the model's device (CPU here; a GPU where the policy lives on one)."""
+        device = next(self.model.parameters()).device
+        return tuple(t.to(device) for t in collate(samples, self.pad))
+
+    def _autocast(self):
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=self.autocast, enabled=self.autocast != torch.float32)
 
     def _micro_batches(self, samples: list[Sample]):
         mb = self.train_cfg.micro_batch
@@ -71,8 +84,43 @@ class PolicyTrainer:
             yield [samples[i] for i in order[k:k + mb]]
 
     def step(self, samples: list[Sample], advantages: dict[int, float]) -> dict[str, float]:
-        """One optimizer update on `samples`; advantages keyed by id(sample). Returns metrics."""
-        batches = list(self._micro_batches(samples))
+        """Train on one rollout batch; advantages keyed by id(sample). Returns metrics.
+
+        `train.updates_per_step` = 1: one optimizer update on the whole batch (strictly on-policy; the
+        ratio is exactly 1). k > 1: the batch is cut into k mini-batches of whole groups, each one update
+        (PPO-style, as slime's steps per rollout); the "old" logprobs of every sample are computed before
+        the first update, so later mini-batches clip against the policy that generated the batch.
+        """
+        k = min(self.train_cfg.updates_per_step, len(samples))
+        size = -(-len(samples) // k)
+        minis = [samples[i:i + size] for i in range(0, len(samples), size)]  # groups are contiguous
+        old = None
+        if len(minis) > 1:
+            self.model.eval()
+            with torch.no_grad():
+                old = {id(s): lp for mb in minis for lp_mb in [self._logprobs(mb)] for s, lp in zip(mb, lp_mb)}
+        results = [self._update(mb, advantages, old) for mb in minis]
+        out = {key: sum(r[key] for r in results) / len(results) for key in results[0]}  # per-update means
+        for key in ("ratio_max", "ratio_dev_max", "logprob_gap_max", "grad_norm_max"):
+            out[key] = max(r[key] for r in results)
+        out["train_tokens"] = sum(r["train_tokens"] for r in results)
+        out["updates"] = len(results)
+        return out
+
+    def _logprobs(self, samples: list[Sample]) -> list[torch.Tensor]:
+        """Each sample's response-token logprobs under the current weights, micro-batched as in `_update`."""
+        out = []
+        for mb in self._micro_batches(samples):
+            ids, attn, targets, mask, behaviour, start = self._collate(mb)
+            with self._autocast():
+                logp = response_logprobs(self.model, ids, attn, targets, start, self.temperature)
+            out += [(s, row[:len(s.response_ids)]) for s, row in zip(mb, logp)]
+        order = {id(s): lp for s, lp in out}
+        return [order[id(s)] for s in samples]
+
+    def _update(self, samples: list[Sample], advantages: dict[int, float], old_logprobs) -> dict[str, float]:
+        """One optimizer update on `samples`, micro-batched with the loss normalised by the whole set.
+        `old_logprobs` (id(sample) -> [R]) are the PPO "old" policy; None = the current weights."""
         num_tokens = float(sum(sum(s.loss_mask) for s in samples))
         num_seqs = float(len(samples))
         aggregate = AGGREGATIONS[self.algo.loss_agg]
@@ -83,17 +131,22 @@ class PolicyTrainer:
         self.opt.zero_grad(set_to_none=True)
         sums = dict(loss=0.0, kl=0.0, clipfrac=0.0, ratio_max=1.0, ratio_dev=0.0, gap_max=0.0, gap_sum=0.0,
                     gap_over=0.0, tis_mean=0.0)
-        for mb in batches:
-            ids, attn, targets, mask, behaviour, start = collate(mb, self.pad)
-            adv = torch.tensor([advantages[id(s)] for s in mb])  # [b]
-            with torch.autocast("cpu", dtype=self.autocast, enabled=self.autocast != torch.float32):
+        for mb in self._micro_batches(samples):
+            ids, attn, targets, mask, behaviour, start = self._collate(mb)
+            adv = torch.tensor([advantages[id(s)] for s in mb], device=ids.device)  # [b]
+            with self._autocast():
                 logp = response_logprobs(self.model, ids, attn, targets, start, self.temperature)  # [b, R]
-            # One update per rollout batch: the weights that would compute the "old" logprobs are the
-            # current ones, so old = logp.detach() (ratio exactly 1 on this update; saves a forward).
-            # The engine/trainer mismatch is corrected against the engine's logprobs by TIS below.
-            old = logp.detach()
+            if old_logprobs is None:
+                # One update per rollout batch: the weights that would compute the "old" logprobs are the
+                # current ones, so old = logp.detach() (ratio exactly 1 on this update; saves a forward).
+                old = logp.detach()
+            else:
+                old = torch.zeros_like(logp)
+                for i, s in enumerate(mb):
+                    old[i, :len(s.response_ids)] = old_logprobs[id(s)]
             per_token, stats = policy_loss(logp, old, adv, self.algo.clip_low, self.algo.clip_high)
-            weights = tis_weights(old, behaviour, self.algo.tis_cap)  # correct the engine/trainer mismatch
+            # The engine/trainer mismatch is corrected against the engine's logprobs by TIS.
+            weights = tis_weights(old, behaviour, self.algo.tis_cap)
             per_token = per_token * weights
             if self.algo.kl_coef > 0:
                 with torch.no_grad():
@@ -120,7 +173,8 @@ class PolicyTrainer:
         balance = self.load.update_bias(self.router_bias_rate)
         self.model.eval()
         tokens = max(num_tokens, 1.0)
-        return {"loss": sums["loss"], "grad_norm": float(grad_norm), "lr": self.train_cfg.lr * lr_scale,
+        return {"loss": sums["loss"], "grad_norm": float(grad_norm), "grad_norm_max": float(grad_norm),
+                "lr": self.train_cfg.lr * lr_scale,
                 "clipfrac": sums["clipfrac"] / tokens, "ratio_max": sums["ratio_max"],
                 "ratio_dev_max": sums["ratio_dev"], "logprob_gap_max": sums["gap_max"],
                 "logprob_gap_mean": sums["gap_sum"] / tokens,
