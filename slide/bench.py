@@ -24,6 +24,7 @@ import torch
 from transformers import AutoTokenizer
 
 from slide.algo.grpo import group_advantages
+from slide.cli import add_bench_arguments
 from slide.config import AlgoSpec, TrainSpec
 from slide.engine.inprocess import InProcessEngine, SamplingParams
 from slide.errors import UserError
@@ -110,20 +111,9 @@ def run_bench(a) -> dict:
     return result
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--gens", type=int, default=8)
-    parser.add_argument("--len", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--engine", choices=ENGINES, default="inprocess",
-                        help="rollout engine: inprocess (default) or vllm (needs .venv-vllm)")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slide.bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    add_bench_arguments(parser)
     try:
         run_bench(parser.parse_args(argv))
     except UserError as e:

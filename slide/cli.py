@@ -117,6 +117,18 @@ def cmd_demo(a) -> None:
     run_demo(a.out, quick=a.quick)
 
 
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """`slide bench`'s flags (also `python -m slide.bench`)."""
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--gens", type=int, default=8)
+    parser.add_argument("--len", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--engine", choices=["inprocess", "vllm"], default="inprocess",
+                        help="rollout engine: inprocess (default) or vllm (needs .venv-vllm: scripts/setup_vllm.sh)")
+
+
 def cmd_bench(a) -> None:
     from slide.bench import run_bench
     run_bench(a)
@@ -154,14 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="test-size model, a few steps (smoke test)")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="fixed-shape RL step benchmark on a local HF causal LM")
-    b.add_argument("--model", required=True)
-    b.add_argument("--prompts", type=int, default=8)
-    b.add_argument("--gens", type=int, default=8)
-    b.add_argument("--len", type=int, default=32)
-    b.add_argument("--steps", type=int, default=5)
-    b.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    b.add_argument("--engine", choices=["inprocess", "vllm"], default="inprocess",
-                   help="rollout engine (vllm: needs scripts/setup_vllm.sh's .venv-vllm)")
+    add_bench_arguments(b)
     b.set_defaults(fn=cmd_bench)
     ab = sub.add_parser("ablate", help="a GLM RL lesson: both arms x seeds, a plot and a table")
     ab.add_argument("name", help="token-mean | single-stage | curriculum | data-quality | temperature")

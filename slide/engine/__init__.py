@@ -4,6 +4,7 @@ load_weights(named_tensors, version) in place, and `version`, the policy version
 inprocess.py     InProcessEngine: batched KV-cache sampling with the HF model, in this process (the default)
 vllm_engine.py   VLLMEngine: vLLM in this process (optional extra: bash scripts/setup_vllm.sh -> .venv-vllm)
 """
+import copy
 
 
 def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", seed: int = 0):
@@ -11,7 +12,6 @@ def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", se
 
     vLLM holds bf16 weights for bf16 and fp8 rollout (FP8 pushes are dequantized on receipt; its block-FP8
     kernels load only from an FP8 checkpoint), fp32 otherwise. The caller closes it (`close_engine`)."""
-    import copy
     if kind == "vllm":
         from slide.engine.vllm_engine import VLLMEngine
         return VLLMEngine.from_model(model, dtype="fp32" if precision == "fp32" else "bf16", seed=seed)

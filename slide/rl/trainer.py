@@ -94,12 +94,14 @@ class PolicyTrainer:
         k = min(self.train_cfg.updates_per_step, len(samples))
         size = -(-len(samples) // k)
         minis = [samples[i:i + size] for i in range(0, len(samples), size)]  # groups are contiguous
-        old = None
-        if len(minis) > 1:
-            self.model.eval()
-            with torch.no_grad():
-                old = {id(s): lp for mb in minis for lp_mb in [self._logprobs(mb)] for s, lp in zip(mb, lp_mb)}
-        results = [self._update(mb, advantages, old) for mb in minis]
+        # The first mini-batch's "old" policy is the current one (detached in _update, no extra forward);
+        # the later ones need the logprobs of the policy that generated the batch, taken before any update.
+        old: dict[int, torch.Tensor] = {}
+        self.model.eval()
+        with torch.no_grad():
+            for mb in minis[1:]:
+                old.update(self._logprobs(mb))
+        results = [self._update(mb, advantages, old if i else None) for i, mb in enumerate(minis)]
         out = {key: sum(r[key] for r in results) / len(results) for key in results[0]}  # per-update means
         for key in ("ratio_max", "ratio_dev_max", "logprob_gap_max", "grad_norm_max"):
             out[key] = max(r[key] for r in results)
@@ -107,16 +109,15 @@ class PolicyTrainer:
         out["updates"] = len(results)
         return out
 
-    def _logprobs(self, samples: list[Sample]) -> list[torch.Tensor]:
-        """Each sample's response-token logprobs under the current weights, micro-batched as in `_update`."""
-        out = []
+    def _logprobs(self, samples: list[Sample]) -> dict[int, torch.Tensor]:
+        """id(sample) -> its response-token logprobs under the current weights, micro-batched as in `_update`."""
+        out = {}
         for mb in self._micro_batches(samples):
             ids, attn, targets, mask, behaviour, start = self._collate(mb)
             with self._autocast():
                 logp = response_logprobs(self.model, ids, attn, targets, start, self.temperature)
-            out += [(s, row[:len(s.response_ids)]) for s, row in zip(mb, logp)]
-        order = {id(s): lp for s, lp in out}
-        return [order[id(s)] for s in samples]
+            out.update({id(s): row[:len(s.response_ids)] for s, row in zip(mb, logp)})
+        return out
 
     def _update(self, samples: list[Sample], advantages: dict[int, float], old_logprobs) -> dict[str, float]:
         """One optimizer update on `samples`, micro-batched with the loss normalised by the whole set.
