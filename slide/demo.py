@@ -35,7 +35,9 @@ def _plot(rl_metrics: list[dict], rl_evals: list[dict], sft_evals: list[dict], o
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot([m["step"] for m in rl_metrics], [m["reward_mean"] for m in rl_metrics], label="train reward (mean)")
-    a.plot([e["step"] for e in rl_evals], [e["summary"]["pass@1"] for e in rl_evals], "o-", label="held-out pass@1")
+    start = sft_evals[-1:]  # RL's step 0 is the SFT checkpoint's last evaluation
+    a.plot([0] * len(start) + [e["step"] for e in rl_evals], [e["summary"]["pass@1"] for e in start + rl_evals], "o-",
+           label="held-out pass@1")
     a.set_xlabel("RL step"), a.set_title("GRPO"), a.set_ylim(0, 1), a.legend(), a.grid(alpha=0.3)
     b.plot([e["step"] for e in sft_evals], [e["summary"]["pass@1"] for e in sft_evals], "o-", color="C2")
     b.set_xlabel("SFT step"), b.set_ylabel("held-out pass@1 (greedy)"), b.set_title("cold-start SFT")
