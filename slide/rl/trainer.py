@@ -154,7 +154,7 @@ class PolicyTrainer:
                     ref = response_logprobs(self.ref_model, ids, attn, targets, start, self.temperature)
                 kl = kl_k3(logp, ref)
                 per_token = per_token + self.algo.kl_coef * kl
-                sums["kl"] += float((kl * mask).sum())
+                sums["kl"] += float((kl.detach() * mask).sum())
             loss = aggregate(per_token, mask, num_tokens, num_seqs)
             loss.backward()
             m = mask.bool()
