@@ -26,6 +26,7 @@ from transformers import AutoTokenizer
 from slide.algo.grpo import group_advantages
 from slide.cli import add_bench_arguments
 from slide.config import AlgoSpec, TrainSpec
+from slide.engine import ENGINES
 from slide.engine.inprocess import InProcessEngine, SamplingParams
 from slide.errors import UserError
 from slide.model.load import load_model
@@ -33,8 +34,6 @@ from slide.rl.sample import Sample
 from slide.rl.trainer import PolicyTrainer
 from slide.tasks.base import Problem
 from slide.weights.buckets import WeightSync
-
-ENGINES = ("inprocess", "vllm")
 
 
 def _peak_rss_mb() -> float:

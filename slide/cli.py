@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from slide.engine import ENGINES
 from slide.errors import UserError
 from slide.preflight import check_inputs
 
@@ -125,7 +126,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--len", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--engine", choices=["inprocess", "vllm"], default="inprocess",
+    parser.add_argument("--engine", choices=ENGINES, default="inprocess",
                         help="rollout engine: inprocess (default) or vllm (needs .venv-vllm: scripts/setup_vllm.sh)")
 
 

@@ -6,6 +6,8 @@ vllm_engine.py   VLLMEngine: vLLM in this process (optional extra: bash scripts/
 """
 import copy
 
+ENGINES = ("inprocess", "vllm")  # the kinds make_engine builds
+
 
 def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", seed: int = 0):
     """A rollout engine of `kind` ("inprocess" | "vllm") holding a copy of `model`'s weights.
