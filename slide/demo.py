@@ -1,11 +1,11 @@
 """The CPU demo: cold-start SFT -> GRPO -> held-out evaluation, on the demo-size tiny GLM.
 
-    slide demo                 # ~10 min on 2 cores; writes runs/demo/{sft,rl,summary.json,curves.png}
+    slide demo                 # ~13 min on 2 cores; writes runs/demo/{sft,rl,summary.json,curves.png}
     slide demo --quick         # test-size model, a few steps: a smoke test of the whole path
 
-Why RL here: the SFT pool is small (1000 labelled solutions) and stopped early, while the verifier
-is free; RL then trains on fresh, unlabelled prompts. Where labels are plentiful, more SFT wins
-(shared/notes/learning-calibration.md), and this demo does not claim otherwise.
+Why RL here: SFT is stopped early on purpose (held-out pass@1 0.2), and RL then trains on fresh prompts with
+a verifier only, no labels. Where labels are plentiful, more SFT wins (shared/notes/learning-calibration.md),
+and this demo does not claim otherwise.
 """
 from __future__ import annotations
 

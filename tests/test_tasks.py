@@ -81,9 +81,12 @@ def test_arithmetic_traces_hand_checked() -> None:
     assert add_trace(21, 20) == "1+0=1 c0, 2+2=4 c0, 21+20=41"
     assert sub_trace(85, 47) == "15-7=8 b1, 8-4-1=3 b0, 85-47=38"
     assert sub_trace(1000, 1) == "10-1=9 b1, 10-0-1=9 b1, 10-0-1=9 b1, 1-0-1=0 b0, 1000-1=999"
-    assert mul_trace(47, 85) == "47*5=235, 47*80=3760, 235+3760=3995"
-    assert mul_trace(123, 405) == "123*5=615, 123*400=49200, 615+49200=49815"  # zero digit skipped
-    assert mul_trace(47, 5) == "47*5=235" and mul_trace(7, 0) == "7*0=0"
+    assert mul_trace(47, 85) == ("7*5=35 c3, 4*5+3=23 c2, 47*5=235, "
+                                 "7*8=56 c5, 4*8+5=37 c3, 47*80=3760, 235+3760=3995")
+    assert mul_trace(123, 405) == ("3*5=15 c1, 2*5+1=11 c1, 1*5+1=6 c0, 123*5=615, "  # zero digit skipped
+                                   "3*4=12 c1, 2*4+1=9 c0, 1*4=4 c0, 123*400=49200, 615+49200=49815")
+    assert mul_trace(47, 5) == "7*5=35 c3, 4*5+3=23 c2, 47*5=235"
+    assert mul_trace(7, 6) == "7*6=42" and mul_trace(7, 0) == "7*0=0" and mul_trace(7, 30) == "7*30=210"
 
 
 def test_arithmetic_generate_deterministic_and_correct() -> None:
@@ -98,7 +101,7 @@ def test_arithmetic_generate_deterministic_and_correct() -> None:
             expected = {"+": a + b, "-": a - b, "*": a * b}[op]
             assert expected >= 0 and p.answer == p.solution == str(expected)
             assert p.prompt == f"What is {a}{op}{b}?" and p.family == "arithmetic" and p.level == level
-            b_digits = max(1, level - 1) if op == "*" else level
+            b_digits = 1 if op == "*" else level
             assert len(str(a)) == level and len(str(b)) == b_digits
             assert p.reasoning == {"+": add_trace, "-": sub_trace, "*": mul_trace}[op](a, b)
             # Traces end with the result, so SFT teaches the answer right before </think>.

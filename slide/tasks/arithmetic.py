@@ -1,10 +1,11 @@
 """Integer arithmetic (+ - *) with column-wise reasoning traces a tiny character-level model can learn.
 
-Level L = number of digits of each operand (multiplication: the second operand has max(1, L-1)
-digits, to keep the products short). Trace formats, least significant column first:
+Level L = number of digits of each operand (multiplication: the second operand has one digit, so that
+every trace is one pass over the columns and all three operations have traces of similar length). Trace formats, least significant column first:
   add  47+85: `7+5=12 c1, 4+8+1=13 c1, 47+85=132`         (column sum, carry out)
   sub  85-47: `15-7=8 b1, 8-4-1=3 b0, 85-47=38`           (borrowed 10 shown on the top digit, borrow out)
-  mul  47*85: `47*5=235, 47*80=3760, 235+3760=3995`       (one partial product per non-zero digit, running sum)
+  mul  47*85: `7*5=35 c3, 4*5+3=23 c2, 47*5=235, 7*8=56 c5, 4*8+5=37 c3, 47*80=3760, 235+3760=3995`
+             (per non-zero digit of the second operand: its columns, the partial product; then a running sum)
 """
 from __future__ import annotations
 
@@ -57,15 +58,31 @@ def sub_trace(a: int, b: int) -> str:
     return ", ".join(steps)
 
 
+def _times_digit_trace(a: int, d: int) -> list[str]:
+    """Column steps of a*d for one digit d, as in add_trace: `digit*d(+carry)=value cCARRY`."""
+    steps, carry = [], 0
+    for x in _digits_lsb_first(a, len(str(a))):
+        s = x * d + carry
+        lhs = f"{x}*{d}+{carry}" if carry else f"{x}*{d}"
+        carry = s // 10
+        steps.append(f"{lhs}={s} c{carry}")
+    return steps
+
+
 def mul_trace(a: int, b: int) -> str:
-    partials = [d * 10**i for i, d in enumerate(_digits_lsb_first(b, len(str(b)))) if d]
+    partials = [(d, i) for i, d in enumerate(_digits_lsb_first(b, len(str(b)))) if d]
     if not partials:  # b == 0
         return f"{a}*0=0"
-    steps = [f"{a}*{p}={a * p}" for p in partials]
-    total = a * partials[0]
-    for p in partials[1:]:
-        steps.append(f"{total}+{a * p}={total + a * p}")
-        total += a * p
+    steps = []
+    for d, i in partials:
+        if a >= 10:  # a one-digit a is a times-table fact: no columns
+            steps += _times_digit_trace(a, d)
+        steps.append(f"{a}*{d * 10**i}={a * d * 10**i}")
+    total = a * partials[0][0] * 10 ** partials[0][1]
+    for d, i in partials[1:]:
+        p = a * d * 10**i
+        steps.append(f"{total}+{p}={total + p}")
+        total += p
     return ", ".join(steps)
 
 
@@ -78,7 +95,7 @@ class Arithmetic:
             raise UserError(f"arithmetic has no level {level} (levels: 1-5)")
         op = rng.choice(_OPS)
         a = _operand(rng, level)
-        b = _operand(rng, max(1, level - 1) if op == "*" else level)
+        b = _operand(rng, 1 if op == "*" else level)
         if op == "-" and a < b:
             a, b = b, a  # keep results non-negative: no sign handling in the trace
         if op == "+":
