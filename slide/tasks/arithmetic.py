@@ -1,7 +1,8 @@
 """Integer arithmetic (+ - *) with column-wise reasoning traces a tiny character-level model can learn.
 
 Level L = number of digits of each operand (multiplication: the second operand has one digit, so that
-every trace is one pass over the columns and all three operations have traces of similar length). Trace formats, least significant column first:
+every trace is one pass over the columns and all three operations have traces of similar length).
+Trace formats, least significant column first:
   add  47+85: `7+5=12 c1, 4+8+1=13 c1, 47+85=132`         (column sum, carry out)
   sub  85-47: `15-7=8 b1, 8-4-1=3 b0, 85-47=38`           (borrowed 10 shown on the top digit, borrow out)
   mul  47*85: `7*5=35 c3, 4*5+3=23 c2, 47*5=235, 7*8=56 c5, 4*8+5=37 c3, 47*80=3760, 235+3760=3995`
