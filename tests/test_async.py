@@ -86,6 +86,7 @@ def state_at(path, step):
 def check_rows(cfg, rows):
     """Every step logged once, in order, each a full batch within the staleness bound."""
     assert [r["step"] for r in rows] == list(range(1, cfg.steps + 1))
+    assert rows[0]["time/worker_start_s"] > 0  # workers were up before the first step's clock started
     for r in rows:
         assert r["groups_trained"] == cfg.rollout.prompts_per_step, r
         assert r["staleness_max"] <= cfg.disagg.max_staleness, r

@@ -51,6 +51,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     eval_engine = InProcessEngine(copy.deepcopy(policy), pad_token_id=tok.pad_token_id)
     start_ray(cfg)
     pool = WorkerPool(cfg, policy.state_dict(), version=p.start)
+    startup_s = pool.wait_ready()  # logged with the first step, outside its clock
     pool.requeue = [Problem(**x) for x in p.state.get("outstanding", [])]  # handed out before the kill
     next_group = p.state.get("next_group", 0)
     P = cfg.rollout.prompts_per_step
@@ -130,6 +131,8 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
                 metrics["eval_pass@1"] = last_eval["summary"]["pass@1"]
             metrics["time/step_s"] = time.perf_counter() - t_step
             metrics.update(timer)
+            if step == p.start + 1:
+                metrics["time/worker_start_s"] = startup_s
             run_dir.log_metrics(step, metrics)
             if progress:
                 progress(step, metrics)

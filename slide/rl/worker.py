@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import ray
 import torch
@@ -119,6 +120,14 @@ class WorkerPool:
         self.in_flight: dict = {}  # ObjectRef -> (worker index, problems, the actor it was sent to)
         self.requeue: list[Problem] = []  # problems to hand out again before fresh ones
         self.counts = {"workers_replaced": 0, "calls_aborted": 0}
+
+    def wait_ready(self) -> float:
+        """Block until every worker has built its engine (a worker that died starting is replaced later, on
+        its first call); returns the seconds waited, so start-up stays out of the first step's clock."""
+        t0 = time.perf_counter()
+        refs = [w.pid.remote() for w in self.workers]
+        ray.wait(refs, num_returns=len(refs))  # never raises: a failed start is handled like any dead worker
+        return time.perf_counter() - t0
 
     def idle(self) -> list[int]:
         """Workers with room for another call, once per free slot, round-robin ([0, 1, 0, 1] when all are free):
