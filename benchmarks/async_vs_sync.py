@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -26,16 +27,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 CONFIG = Path(__file__).resolve().parents[1] / "slide" / "configs" / "agent_rl.yaml"
 
 
-def run_mode(mode: str, args, out: Path) -> tuple[list[dict], list[dict], float]:
+def run_mode(mode: str, args, out: Path) -> tuple[list[dict], list[dict], float | None]:
+    if mode == "sync" and args.sync_from:
+        return read_run(Path(args.sync_from), args) + (None,)
     overrides = [f"mode={mode}", f"name={mode}", f"out_dir={out}", f"model.init={args.init}", f"steps={args.steps}",
                  f"seed={args.seed}", f"threads={args.threads}", *args.set]
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "slide.cli", "rl", str(CONFIG), *overrides], check=True)
-    wall = time.perf_counter() - t0
-    run = out / mode
+    return read_run(out / mode, args) + (time.perf_counter() - t0,)
+
+
+def read_run(run: Path, args) -> tuple[list[dict], list[dict]]:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    if (cfg["model"]["init"], cfg["seed"], cfg["steps"]) != (args.init, args.seed, args.steps):
+        print(f"error: {run}/config.yaml: init, seed and steps must match --init, --seed and --steps", file=sys.stderr)
+        sys.exit(2)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
-    return rows, evals, wall
+    return rows, evals
 
 
 def step_s(row: dict) -> float:
@@ -57,10 +66,13 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=None, help="reward target (default: 0.9 x sync's final)")
     ap.add_argument("--out", default="runs/async_vs_sync")
     ap.add_argument("--set", nargs="*", default=[], help="extra config overrides for both runs")
+    ap.add_argument("--sync-from", default=None, help="an earlier run's sync directory to reuse instead of running "
+                    "sync again (same --init/--seed/--steps and sync settings: its samples are the same, since "
+                    "latency moves only its clock); for comparing async settings against one sync run")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result, curves = {"steps": args.steps, "config": str(CONFIG), "overrides": args.set}, {}
+    result, curves = {"steps": args.steps, "config": str(CONFIG), "overrides": args.set, "sync_from": args.sync_from}, {}
     for mode in ("sync", "async"):
         rows, evals, wall = run_mode(mode, args, out)
         t, clock = [], 0.0
