@@ -5,9 +5,9 @@
 Runs `slide rl slide/configs/agent_rl.yaml` twice from the same checkpoint, mode=sync then mode=async (same
 seed, batch and step count), back to back, and writes async_vs_sync.png (reward and held-out pass@1 against
 wall time) and async_vs_sync.json: seconds per step (mean, and the median without the first and last step),
-and the time each mode's training loop (evaluations left out) needs to first reach a reward target (default: 90% of the sync run's
-final smoothed reward), whose ratio is the speed-up; also with the async workers' start-up (Ray, one engine
-per worker: before step 1, outside the loop's clock) added.
+and the time each mode's training loop (evaluations left out) needs to first reach a reward target (default:
+90% of the sync run's final smoothed reward), whose ratio is the speed-up; also with the async workers'
+start-up (Ray, one engine per worker: before step 1, outside the loop's clock) added.
 """
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result, curves = {"steps": args.steps, "config": str(CONFIG), "overrides": args.set, "sync_from": args.sync_from}, {}
+    result = {"steps": args.steps, "config": str(CONFIG), "overrides": args.set, "sync_from": args.sync_from}
+    curves = {}
     for mode in ("sync", "async"):
         rows, evals, wall = run_mode(mode, args, out)
         t, clock = [], 0.0
@@ -81,7 +82,7 @@ def main() -> None:
             t.append(clock)
         reward = smooth([r["reward_mean"] for r in rows], args.window)
         curves[mode] = (t, reward, evals)
-        steady = sorted(step_s(r) for r in rows[1:-1]) or [t[-1]]  # without the first and last step
+        steady = sorted(step_s(r) for r in rows[1:-1]) or [t[-1] / len(t)]  # without the first and last step
         result[mode] = {"wall_s": wall, "train_loop_s": t[-1], "step_s_mean": t[-1] / len(t),
                         "step_s_median_steady": steady[len(steady) // 2],
                         "worker_start_s": rows[0].get("time/worker_start_s", 0.0),  # async: before step 1
