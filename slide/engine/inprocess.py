@@ -88,12 +88,14 @@ class InProcessEngine:
         for i, p in enumerate(prompts):  # left padding: every row's next token lands in the last column
             ids[i, P - len(p):] = torch.tensor(p)
             mask[i, P - len(p):] = 1
+        dev = self.model.device  # the engine runs where its model is (CPU, or a GPU in benchmarks/gpu_check.py)
+        ids, mask = ids.to(dev), mask.to(dev)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        stop = torch.tensor(params.stop_token_ids, dtype=torch.long)
+        stop = torch.tensor(params.stop_token_ids, dtype=torch.long, device=dev)
         tokens: list[list[int]] = [[] for _ in range(B)]
         logprobs: list[list[float]] = [[] for _ in range(B)]
         finish = ["length"] * B
-        live = torch.arange(B)  # original row index of each row still generating
+        live = torch.arange(B, device=dev)  # original row index of each row still generating
         cache = DynamicCache()
         next_ids, next_pos = ids, positions
         for step in range(params.max_new_tokens):
@@ -115,7 +117,7 @@ class InProcessEngine:
                 idx = keep.nonzero().squeeze(-1)
                 cache.batch_select_indices(idx)
                 live, mask, tok, next_pos = live[idx], mask[idx], tok[idx], next_pos[idx]
-            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=-1)
+            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)
             next_ids = tok[:, None]
             next_pos = next_pos[:, -1:] + 1
         return [Completion(tokens[i], logprobs[i], finish[i], self.version) for i in range(B)]
