@@ -146,6 +146,8 @@ class DisaggSpec(Section):
     """Disaggregated asynchronous mode (mode=async): Ray rollout workers that never wait for the trainer."""
     workers: int = Field(2, ge=1, description="rollout worker actors (each: an engine and its environments)")
     groups_per_call: int = Field(1, ge=1, description="prompt groups a worker takes per call")
+    calls_per_worker: int = Field(1, ge=1, description="calls a worker runs at once; their episodes share its "
+                                                       "engine (continuous batching)")
     max_staleness: int = Field(1, ge=0, description="train only on groups sampled at most this many versions back")
     sync_interval: int = Field(1, ge=1, description="push weights to the workers every this many steps")
     partial_rollout: bool = Field(False, description="on a weight push, abort multi-turn episodes between turns "

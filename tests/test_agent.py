@@ -19,6 +19,7 @@ from slide.agent.envs.calculator import TOOLS, CalculatorEnv, CalculatorTask
 from slide.agent.envs.function_call import FunctionCallEnv, FunctionCallTask
 from slide.agent.envs.latency import with_latency
 from slide.agent.episode import encode_conversation, episode_stats, observation_text, run_episodes
+from slide.engine.batching import BatchingEngine
 from slide.engine.inprocess import Completion, InProcessEngine, SamplingParams
 from slide.model.tiny import build_model, tiny_config
 from slide.model.tokenizer import EOS, assistant_text, chat_prompt, load_tokenizer, stop_token_ids
@@ -339,3 +340,123 @@ def test_real_tiny_model_garbage_never_crashes(tok):
     stats = episode_stats(groups)
     assert stats["episodes"] == 4
     assert abs(stats["completed_frac"] + stats["failed_frac"] + stats["truncated_frac"] - 1) < 1e-9
+
+
+# concurrent episodes (the async workers' mode) through a BatchingEngine
+
+def bookkeeping(groups):
+    return [[(s.group, s.status, s.reason, s.reward, s.turns, s.tool_calls, s.response_ids, s.loss_mask,
+              s.behaviour_logprobs, s.messages) for s in g] for g in groups]
+
+
+def test_concurrent_episodes_record_exactly_what_lockstep_does(tok):
+    probs = problems(3)
+    lockstep = run_episodes(ScriptedEngine(tok, solver), tok, probs, calc_env, PARAMS, n=2, max_turns=4,
+                            max_tokens=400, first_group=2)
+    engine = BatchingEngine(ScriptedEngine(tok, solver))
+    concurrent = run_episodes(engine, tok, probs, calc_env, PARAMS, n=2, max_turns=4, max_tokens=400,
+                              first_group=2, concurrent=True)
+    assert bookkeeping(concurrent) == bookkeeping(lockstep)
+    assert engine.requests == 12 and sum(engine.engine.calls) == 12  # 6 episodes x 2 turns, one row each
+
+
+class StepLog(CalculatorEnv):
+    """The calculator, sleeping `delay` seconds per expression; logs when each step ends."""
+
+    def __init__(self, log: list, delays: dict[str, float]):
+        self.log, self.delays = log, delays
+
+    def step(self, call):
+        expr = call["arguments"]["expression"]
+        time.sleep(self.delays.get(expr, 0.0))
+        self.log.append(("tool done", expr))
+        return super().step(call)
+
+
+def test_concurrent_episode_writes_while_another_waits_on_its_tool(tok):
+    """Lockstep: turn 2 of every episode waits for the slowest tool of turn 1. Concurrent: the fast episode
+    calls its tool twice and answers while the slow one's first call is still running."""
+    log: list = []
+
+    def policy(text, turn):
+        slow = "slow" in text
+        if turn < 2:
+            return call_turn("9*9" if slow else f"{turn}+1")
+        return assistant_text("", "done")
+
+    class Logged(ScriptedEngine):
+        def generate(self, prompts, params, n=1, generator=None):
+            out = super().generate(prompts, params, n, generator)
+            log.extend(("write", "slow" in self.tok.decode(p)) for p in prompts)
+            return out
+
+    fast, slow = problems(2)
+    probs = [fast, dataclasses.replace(slow, prompt=slow.prompt + " slow")]
+    make = lambda p: StepLog(log, {"9*9": 0.6})  # noqa: E731
+    for concurrent in (False, True):
+        log.clear()
+        engine = Logged(tok, policy)
+        groups = run_episodes(BatchingEngine(engine) if concurrent else engine, tok, probs, make, PARAMS, n=1,
+                              max_turns=4, max_tokens=600, concurrent=concurrent)
+        assert [s.turns for g in groups for s in g] == [3, 3]
+        first_slow_tool = log.index(("tool done", "9*9"))
+        fast_writes_before = log[:first_slow_tool].count(("write", False))
+        assert fast_writes_before == (3 if concurrent else 1), log
+
+
+def test_batching_engine_merges_callers_and_cuts_each_to_its_limit():
+    class Echo:
+        version = 7
+
+        def __init__(self):
+            self.batches = []
+
+        def generate(self, prompts, params, n=1, generator=None):
+            self.batches.append((len(prompts), params.max_new_tokens))
+            time.sleep(0.05)  # callers arriving meanwhile form the next batch
+            return [[Completion(p * 10, [-0.5] * len(p) * 10, "stop", self.version)] * n for p in prompts]
+
+    engine = BatchingEngine(Echo())
+    results = {}
+
+    def ask(i):
+        limit = 4 + i % 3  # a prompt [i, i] echoes 20 tokens: cut to the caller's own limit
+        results[i] = engine.generate([[i, i]], SamplingParams(max_new_tokens=limit), n=2)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(rows for rows, _ in engine.engine.batches) == 12 and len(engine.engine.batches) < 12
+    for i, [[a, b]] in results.items():
+        assert a.tokens == b.tokens == [i] * (4 + i % 3) and a.finish_reason == "length" and a.version == 7
+    assert engine.requests == 12 and engine.batches == len(engine.engine.batches)
+
+    class Broken(Echo):
+        def generate(self, prompts, params, n=1, generator=None):
+            raise RuntimeError("engine down")
+
+    with pytest.raises(RuntimeError, match="engine down"):
+        BatchingEngine(Broken()).generate([[1]], SamplingParams())
+
+
+def test_batching_engine_never_mixes_sampling_params():
+    seen = []
+
+    class Record:
+        version = 0
+
+        def generate(self, prompts, params, n=1, generator=None):
+            seen.append({params.temperature for _ in prompts})
+            time.sleep(0.02)
+            return [[Completion([1], [0.0], "stop", 0)] for _ in prompts]
+
+    engine = BatchingEngine(Record())
+    threads = [threading.Thread(target=engine.generate, args=([[i]], SamplingParams(temperature=0.5 + i % 2)))
+               for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(len(s) == 1 for s in seen) and sum(1 for _ in seen) >= 2

@@ -33,7 +33,7 @@ import math
 import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -206,106 +206,172 @@ def _final_reward(ep: _Episode, text: str, timeout_s: float) -> float:
 def run_episodes(engine, tokenizer, problems: list[Problem], env_factory: EnvFactory, params: SamplingParams,
                  n: int, max_turns: int, max_tokens: int, generator: torch.Generator | None = None, *,
                  thinking: bool = True, step_timeout_s: float = 10.0, reward_timeout_s: float = 10.0,
-                 first_group: int = 0) -> list[list[AgentSample]]:
+                 first_group: int = 0, concurrent: bool = False,
+                 before_turn: Callable[[], None] | None = None) -> list[list[AgentSample]]:
     """n episodes per problem (result[i] is problem i's group, group ids from first_group).
 
     max_turns: assistant turns per episode; max_tokens: response tokens per episode (model + environment;
     len(response_ids) never exceeds it); params.max_new_tokens: tokens per turn (its stop_token_ids are
     replaced by GLM's three stop tokens); step_timeout_s bounds each env.step (and reset), reward_timeout_s
-    env.reward."""
+    env.reward.
+
+    Lockstep (default, deterministic for a seed): turn t of every live episode is one engine call, then all
+    their tool calls run in parallel, then turn t+1: each turn waits for the slowest tool call. concurrent=True:
+    every episode runs on its own thread, writing as soon as its tools answer; give it a BatchingEngine
+    (slide/engine/batching.py), which batches whichever episodes are ready to write into one engine call.
+    before_turn runs before every engine call; an exception it raises (an async worker's partial_rollout abort)
+    ends the whole call."""
     if n < 1 or max_turns < 1 or max_tokens < 1:
         raise ValueError(f"run_episodes: n, max_turns and max_tokens must be >= 1 "
                          f"(got {n}, {max_turns}, {max_tokens})")
-    stops = stop_token_ids(tokenizer)
-    observation_id = stops[2]
+    run = _Run(tokenizer, replace(params, stop_token_ids=tuple(stop_token_ids(tokenizer))), max_turns, max_tokens,
+               thinking, step_timeout_s, reward_timeout_s, before_turn or (lambda: None))
     version = getattr(engine, "version", 0)
     episodes = [_start(tokenizer, p, first_group + g, env_factory, thinking, version, step_timeout_s)
                 for g, p in enumerate(problems) for _ in range(n)]
-    for turn in range(max_turns):
-        live = [e for e in episodes if e.live]
-        if not live:
-            break
-        room = [max_tokens - len(e.sample.response_ids) for e in live]  # > 0 for every live episode
-        # one engine call for all rows: the longest budget left; rows with less are cut to theirs below
-        turn_params = replace(params, stop_token_ids=tuple(stops),
-                              max_new_tokens=min(params.max_new_tokens, max(room)))
-        outputs = engine.generate([e.sample.prompt_ids + e.sample.response_ids for e in live], turn_params, n=1,
-                                  generator=generator)
-        pending: list[tuple[_Episode, list[dict]]] = []
-        for ep, budget, (c,) in zip(live, room, outputs):
-            cut = len(c.tokens) > budget
-            tokens, finish = c.tokens[:budget], "length" if cut else c.finish_reason
-            ep.add(tokens, list(c.logprobs[:budget]), model=True)
-            s = ep.sample
-            s.version, s.turns = min(s.version, c.version) if s.turns else c.version, s.turns + 1
-            text = tokenizer.decode(tokens, skip_special_tokens=False)
-            if finish != "stop":
-                s.messages.append({"role": "assistant", "content": text})
-                ep.end("truncated", "max_tokens" if len(s.response_ids) >= max_tokens else "turn_tokens")
-                continue
-            parsed = parse_assistant(text)
-            s.messages.append(_assistant_message(parsed, text))
-            calls, asks_tools = parsed["tool_calls"], tokens[-1] == observation_id
-            if "error" in parsed:
-                ep.end("failed", INVALID_FORMAT, parsed["error"])
-            elif calls and not asks_tools:
-                ep.end("failed", INVALID_FORMAT, "tool calls must end with <|observation|>")
-            elif asks_tools and not calls:
-                ep.end("failed", INVALID_FORMAT, "<|observation|> without a tool call")
-            elif not calls:
-                ep.end("completed", "answer", reward=_final_reward(ep, text, reward_timeout_s))
-            elif bad := next((b for b in (check_call(ep.tools, call) for call in calls) if b), None):
-                ep.end("failed", *bad)
-            elif turn == max_turns - 1:
-                ep.end("truncated", "max_turns")
-            else:
-                pending.append((ep, calls))
-        _step_all(tokenizer, pending, thinking, max_tokens, step_timeout_s)
+    if concurrent:
+        _each_on_its_own(engine, run, episodes, generator)
+    else:
+        _lockstep(engine, run, episodes, generator)
     for ep in episodes:  # every episode has ended: the last turn truncates the ones still calling tools
         ep.sample.response_text = tokenizer.decode(ep.sample.response_ids, skip_special_tokens=False)
     return [[e.sample for e in episodes[i * n:(i + 1) * n]] for i in range(len(problems))]
 
 
-def _step_all(tok, pending: list[tuple[_Episode, list[dict]]], thinking: bool, max_tokens: int,
-              timeout_s: float) -> None:
-    """Run every pending episode's calls (episodes in parallel), then append observations or end episodes."""
-    results: list[list] = [[] for _ in pending]
+@dataclass(frozen=True)
+class _Run:
+    """What every turn of every episode of one run_episodes call needs."""
+    tok: Any
+    params: SamplingParams  # with GLM's stop tokens
+    max_turns: int
+    max_tokens: int
+    thinking: bool
+    step_timeout_s: float
+    reward_timeout_s: float
+    before_turn: Callable[[], None]
 
-    def worker(i: int, env: Env, calls: list[dict]) -> None:
+    def turn_params(self, room: int) -> SamplingParams:
+        return replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
+
+
+def _lockstep(engine, run: _Run, episodes: list[_Episode], generator) -> None:
+    for turn in range(run.max_turns):
+        live = [e for e in episodes if e.live]
+        if not live:
+            break
+        room = [run.max_tokens - len(e.sample.response_ids) for e in live]  # > 0 for every live episode
+        run.before_turn()
+        # one engine call for all rows: the longest budget left; rows with less are cut to theirs below
+        outputs = engine.generate([e.sample.prompt_ids + e.sample.response_ids for e in live],
+                                  run.turn_params(max(room)), n=1, generator=generator)
+        pending = [(ep, calls) for ep, budget, (c,) in zip(live, room, outputs)
+                   if (calls := _after_turn(run, ep, c, budget, last=turn == run.max_turns - 1))]
+        results: list[list] = [[] for _ in pending]
+
+        def worker(i: int, env: Env, calls: list[dict]) -> None:
+            results[i] = _calls_or_error(env, calls, run.step_timeout_s)
+
+        threads = [threading.Thread(target=worker, args=(i, ep.env, calls), daemon=True)
+                   for i, (ep, calls) in enumerate(pending)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()  # each worker returns: every call inside it is bounded by step_timeout_s
+        for (ep, _), outs in zip(pending, results):
+            _after_calls(run, ep, outs)
+
+
+def _each_on_its_own(engine, run: _Run, episodes: list[_Episode], generator) -> None:
+    errors: list[BaseException] = []
+
+    def play(ep: _Episode) -> None:
         try:
-            results[i] = _run_calls(env, calls, timeout_s)
-        except Exception as e:  # noqa: BLE001 - e.g. an env whose StepResult.done is not a bool
-            results[i] = [StepResult(f"error: {type(e).__name__}: {e}"[:300], error="step_error")]
+            for turn in range(run.max_turns):
+                if not ep.live:
+                    return
+                room = run.max_tokens - len(ep.sample.response_ids)
+                run.before_turn()
+                [[c]] = engine.generate([ep.sample.prompt_ids + ep.sample.response_ids], run.turn_params(room),
+                                        n=1, generator=generator)
+                calls = _after_turn(run, ep, c, room, last=turn == run.max_turns - 1)
+                if calls:
+                    _after_calls(run, ep, _calls_or_error(ep.env, calls, run.step_timeout_s))
+        except BaseException as e:  # noqa: BLE001 - an engine error (a partial_rollout abort): the caller's
+            errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(i, ep.env, calls), daemon=True)
-               for i, (ep, calls) in enumerate(pending)]
+    threads = [threading.Thread(target=play, args=(ep,), daemon=True, name="slide-episode") for ep in episodes]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()  # each worker returns: every call inside it is bounded by timeout_s
-    for (ep, calls), outs in zip(pending, results):
-        s = ep.sample
-        invalid = next((o for o in outs if isinstance(o, InvalidCall)), None)
-        if invalid is not None:
-            ep.end("failed", invalid.reason, str(invalid)[:300])
-            continue
-        for o in outs:
-            s.tool_calls += 1
-            s.tool_successes += o.error is None
-            if o.error is not None:
-                ep.count(o.error)
-            s.messages.append({"role": "tool", "content": o.observation})
-        if outs[-1].done:
-            reward = _finite(outs[-1].reward)
-            if reward is None and outs[-1].reward is not None:
-                ep.count("reward_error")
-            ep.end("completed", "done", reward=reward or 0.0)
-            continue
-        env_ids = tok.encode(observation_text([o.observation for o in outs], thinking), add_special_tokens=False)
-        if len(s.response_ids) + len(env_ids) >= max_tokens:  # no room left for the model to write anything
-            ep.end("truncated", "max_tokens")
-            continue
-        ep.add(env_ids, [], model=False)
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _after_turn(run: _Run, ep: _Episode, c, budget: int, last: bool) -> list[dict] | None:
+    """Record a generated turn (cut to `budget` tokens); the tool calls to run, or None if the episode ended."""
+    tok = run.tok
+    cut = len(c.tokens) > budget
+    tokens, finish = c.tokens[:budget], "length" if cut else c.finish_reason
+    ep.add(tokens, list(c.logprobs[:budget]), model=True)
+    s = ep.sample
+    s.version, s.turns = min(s.version, c.version) if s.turns else c.version, s.turns + 1
+    text = tok.decode(tokens, skip_special_tokens=False)
+    if finish != "stop":
+        s.messages.append({"role": "assistant", "content": text})
+        ep.end("truncated", "max_tokens" if len(s.response_ids) >= run.max_tokens else "turn_tokens")
+        return None
+    parsed = parse_assistant(text)
+    s.messages.append(_assistant_message(parsed, text))
+    calls, asks_tools = parsed["tool_calls"], tokens[-1] == run.params.stop_token_ids[2]  # <|observation|>
+    if "error" in parsed:
+        ep.end("failed", INVALID_FORMAT, parsed["error"])
+    elif calls and not asks_tools:
+        ep.end("failed", INVALID_FORMAT, "tool calls must end with <|observation|>")
+    elif asks_tools and not calls:
+        ep.end("failed", INVALID_FORMAT, "<|observation|> without a tool call")
+    elif not calls:
+        ep.end("completed", "answer", reward=_final_reward(ep, text, run.reward_timeout_s))
+    elif bad := next((b for b in (check_call(ep.tools, call) for call in calls) if b), None):
+        ep.end("failed", *bad)
+    elif last:
+        ep.end("truncated", "max_turns")
+    else:
+        return calls
+    return None
+
+
+def _calls_or_error(env: Env, calls: list[dict], timeout_s: float) -> list:
+    try:
+        return _run_calls(env, calls, timeout_s)
+    except Exception as e:  # noqa: BLE001 - e.g. an env whose StepResult.done is not a bool
+        return [StepResult(f"error: {type(e).__name__}: {e}"[:300], error="step_error")]
+
+
+def _after_calls(run: _Run, ep: _Episode, outs: list) -> None:
+    """Append a turn's tool results as the observation turn, or end the episode."""
+    s = ep.sample
+    invalid = next((o for o in outs if isinstance(o, InvalidCall)), None)
+    if invalid is not None:
+        ep.end("failed", invalid.reason, str(invalid)[:300])
+        return
+    for o in outs:
+        s.tool_calls += 1
+        s.tool_successes += o.error is None
+        if o.error is not None:
+            ep.count(o.error)
+        s.messages.append({"role": "tool", "content": o.observation})
+    if outs[-1].done:
+        reward = _finite(outs[-1].reward)
+        if reward is None and outs[-1].reward is not None:
+            ep.count("reward_error")
+        ep.end("completed", "done", reward=reward or 0.0)
+        return
+    env_ids = run.tok.encode(observation_text([o.observation for o in outs], run.thinking), add_special_tokens=False)
+    if len(s.response_ids) + len(env_ids) >= run.max_tokens:  # no room left for the model to write anything
+        ep.end("truncated", "max_tokens")
+        return
+    ep.add(env_ids, [], model=False)
 
 
 def episode_stats(groups: list[list[AgentSample]]) -> dict[str, float]:

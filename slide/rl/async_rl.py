@@ -123,6 +123,8 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
                 "dropped_no_signal": dropped["no_signal"], "buffer_groups": len(ready),
                 "groups_in_flight": pool.groups_out(), **pool.counts, **reward_stats, **stats,
             })
+            if reward_stats["engine_batches"]:  # the workers' mean engine batch (sequences) behind this step's groups
+                metrics["engine_batch_rows_mean"] = reward_stats["engine_rows"] / reward_stats["engine_batches"]
             # 6. periodic eval (on the trainer's weights) and checkpoint
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 with timer("eval"):

@@ -51,13 +51,15 @@ class Rollout:
     agent: AgentSpec = AgentSpec()
     seed: int = 0  # seeds the environments' latency draws
     force_answer_tokens: int = 0  # > 0: thinking responses cut at the limit get `</think>` and this many more tokens
+    concurrent_episodes: bool = False  # agent episodes each on their own thread (give it a BatchingEngine)
 
     def __post_init__(self):
         self.envs = env_factory(self.agent, self.seed)
 
-    def groups(self, problems: list[Problem], first_group: int = 0,
-               generator: torch.Generator | None = None) -> list[list[Sample]]:
-        """One group of n rewarded samples per problem, in order; group ids count up from first_group."""
+    def groups(self, problems: list[Problem], first_group: int = 0, generator: torch.Generator | None = None,
+               before_turn=None) -> list[list[Sample]]:
+        """One group of n rewarded samples per problem, in order; group ids count up from first_group.
+        before_turn: run before each agent turn's engine call (see run_episodes)."""
         out: list[list[Sample] | None] = [None] * len(problems)
         single = [i for i, p in enumerate(problems) if not is_agentic(p)]
         multi = [i for i, p in enumerate(problems) if is_agentic(p)]
@@ -68,7 +70,8 @@ class Rollout:
             a = self.agent
             episodes = run_episodes(self.engine, self.tokenizer, [problems[i] for i in multi], self.envs, self.params,
                                     self.n, a.max_turns, a.max_tokens, generator, thinking=self.thinking,
-                                    step_timeout_s=a.step_timeout_s, reward_timeout_s=self.reward.timeout_s)
+                                    step_timeout_s=a.step_timeout_s, reward_timeout_s=self.reward.timeout_s,
+                                    concurrent=self.concurrent_episodes, before_turn=before_turn)
             for i, g in zip(multi, episodes):
                 out[i] = g
         for i, g in enumerate(out):

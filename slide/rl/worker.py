@@ -1,9 +1,15 @@
 """Rollout workers for the async mode: Ray actors, each an in-process engine plus its environments.
 
-A worker takes one call at a time (`rollout(problems, first_group)` -> rewarded groups) and loads weights
-between calls, so by default an episode finishes on the weights it started with. With partial_rollout, the
-actor also accepts a weight push DURING a call: the push lands between two engine calls (never inside one),
-and the call in flight is aborted and returns None, so the driver re-queues its problems on the new weights.
+A worker runs up to `disagg.calls_per_worker` calls at once (`rollout(problems, first_group)` -> rewarded
+groups), on threads of one actor. Every agent episode of every call runs on its own thread and its turns go
+through one BatchingEngine: whichever episodes are ready to write (not waiting on a tool) share one engine
+call, so a slow tool delays only its own episode and the engine still sees batches.
+
+Weights load between engine calls (never inside one). A push is queued behind the calls already sent; with
+one call per worker an episode therefore finishes on the weights it started with, with more a push can land
+between two turns of an episode in flight (each turn records its version; an episode counts as its oldest).
+With partial_rollout, a push runs at once (its own concurrency group), and a call whose weights changed
+under it aborts at its next turn and returns None, so the driver re-queues its problems on the new weights.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import ray
 import torch
 
 from slide.config import RLConfig
+from slide.engine.batching import BatchingEngine
 from slide.engine.inprocess import InProcessEngine
 from slide.eval.passk import verifiers
 from slide.model.load import load_policy
@@ -25,21 +32,16 @@ from slide.tasks import parse_task_specs
 from slide.tasks.base import Problem
 
 
-DEPTH = 2  # calls in flight per worker
-
-
 class Aborted(Exception):
     """A weight push arrived during a partial_rollout call."""
 
 
 class GuardedEngine:
-    """An engine whose generate and load_weights never overlap; with `abort_on_push`, a push during a call
-    makes that call's next generate raise Aborted."""
+    """An engine whose generate and load_weights never overlap."""
 
-    def __init__(self, engine: InProcessEngine, abort_on_push: bool):
-        self.engine, self.abort_on_push = engine, abort_on_push
+    def __init__(self, engine: InProcessEngine):
+        self.engine = engine
         self.lock = threading.Lock()
-        self.busy = self.aborted = False
 
     @property
     def version(self) -> int:
@@ -47,15 +49,11 @@ class GuardedEngine:
 
     def generate(self, *args, **kwargs):
         with self.lock:
-            if self.aborted:
-                raise Aborted
             return self.engine.generate(*args, **kwargs)
 
     def load_weights(self, named_tensors, version: int) -> int:
         with self.lock:
-            moved = self.engine.load_weights(named_tensors, version)
-            self.aborted = self.abort_on_push and self.busy
-            return moved
+            return self.engine.load_weights(named_tensors, version)
 
 
 class RolloutWorker:
@@ -64,11 +62,13 @@ class RolloutWorker:
         torch.set_num_threads(cfg.disagg.worker_threads)
         tok = load_tokenizer()
         model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)  # the architecture; weights follow
-        self.engine = GuardedEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id), cfg.disagg.partial_rollout)
+        self.engine = GuardedEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id))
         self.engine.load_weights(weights.items(), version)
+        self.partial = cfg.disagg.partial_rollout
+        self.batcher = BatchingEngine(self.engine)
         self.reward = reward_runner(verifiers(parse_task_specs(cfg.data.train)), cfg.rollout.reward_timeout_s)
-        self.rollout_ = Rollout(self.engine, tok, sampling_params(cfg, tok), cfg.rollout.n, self.reward,
-                                cfg.rollout.thinking, cfg.agent, seed=cfg.seed * 1009 + index)
+        self.rollout_ = Rollout(self.batcher, tok, sampling_params(cfg, tok), cfg.rollout.n, self.reward,
+                                cfg.rollout.thinking, cfg.agent, seed=cfg.seed * 1009 + index, concurrent_episodes=True)
         self.generator = torch.Generator().manual_seed(cfg.seed * 1009 + index)
 
     def pid(self) -> int:
@@ -78,15 +78,19 @@ class RolloutWorker:
         return self.engine.load_weights(weights.items(), version)
 
     def rollout(self, problems: list[Problem], first_group: int):
-        """(groups, reward failure counts), or None when a weight push aborted the call (partial_rollout)."""
-        self.engine.busy, self.engine.aborted = True, False
+        """(groups, counts: reward failures and engine batches/rows since the last call returned), or None when
+        a weight push aborted the call (partial_rollout)."""
+        started = self.engine.version
+
+        def abort_if_pushed() -> None:
+            if self.partial and self.engine.version != started:
+                raise Aborted
+
         try:
-            groups = self.rollout_.groups(problems, first_group, self.generator)
+            groups = self.rollout_.groups(problems, first_group, self.generator, before_turn=abort_if_pushed)
         except Aborted:
             return None
-        finally:
-            self.engine.busy = False
-        return groups, self.reward.pop_stats()
+        return groups, self.reward.pop_stats() | self.batcher.pop_counts()
 
 
 class PartialRolloutWorker(RolloutWorker):
@@ -105,7 +109,7 @@ def start_worker(index: int, cfg: RLConfig, weights_ref, version: int):
         cls, extra = PartialRolloutWorker, {"concurrency_groups": {"push": 1}}
     remote = ray.remote(**extra)(cls) if extra else ray.remote(cls)  # concurrency groups: not an .options() key
     actor = remote.options(name=f"slide-rollout-{index}", max_restarts=0, num_cpus=cfg.disagg.worker_threads,
-                           max_concurrency=1)
+                           max_concurrency=cfg.disagg.calls_per_worker)
     return actor.remote(index, cfg.model_dump(mode="json"), weights_ref, version)
 
 
@@ -131,12 +135,13 @@ class WorkerPool:
 
     def idle(self) -> list[int]:
         """Workers with room for another call, once per free slot, round-robin ([0, 1, 0, 1] when all are free):
-        DEPTH calls each, so one is queued while one runs and a worker never waits for the driver to collect a
-        result."""
+        calls_per_worker + 1 calls each, so one is queued while the others run and a worker never waits for
+        the driver to collect a result."""
+        depth = self.cfg.disagg.calls_per_worker + 1
         load = [0] * len(self.workers)
         for w, _, _ in self.in_flight.values():
             load[w] += 1
-        return [i for depth in range(DEPTH) for i, n in enumerate(load) if n + depth < DEPTH]
+        return [i for d in range(depth) for i, n in enumerate(load) if n + d < depth]
 
     def groups_out(self) -> int:
         return sum(len(problems) for _, problems, _ in self.in_flight.values())

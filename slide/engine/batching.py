@@ -1,0 +1,117 @@
+"""Continuous batching for a rollout worker: many threads ask for completions, one engine call serves them all.
+
+    engine = BatchingEngine(InProcessEngine(model))
+    # from any number of threads (one per agent episode, say):
+    [[c]] = engine.generate([ids], params, n=1, generator=g)
+
+A caller's request waits in a queue; the first caller to find the engine free becomes the leader: it takes
+every request queued at that moment, runs them as ONE engine.generate call, hands each caller its rows, and
+leaves the engine to the next leader. While a batch runs, new requests pile up and form the next batch, so
+the batch size follows how many episodes are ready to write (not waiting on a tool), with no timer and no
+extra thread.
+
+Requests in one batch must share their sampling parameters except max_new_tokens: the batch runs to the
+largest, and each caller's completions are cut back to its own (finish_reason "length" where cut). Requests
+with other parameters wait for a later batch. The generator of the batch's first request is used. An
+exception in the engine call (a partial_rollout abort, say) is raised in every caller of that batch.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+
+import torch
+
+from slide.engine.inprocess import Completion, SamplingParams
+
+
+@dataclass
+class _Request:
+    prompts: list[list[int]]
+    params: SamplingParams
+    n: int
+    generator: torch.Generator | None
+    done: bool = False
+    result: list[list[Completion]] | None = None
+    error: BaseException | None = None
+
+
+def _cut(c: Completion, limit: int) -> Completion:
+    if len(c.tokens) <= limit:
+        return c
+    return Completion(c.tokens[:limit], c.logprobs[:limit], "length", c.version)
+
+
+class BatchingEngine:
+    """Wraps an engine (generate, load_weights, version) so that concurrent generate calls share batches."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._queue: list[_Request] = []
+        self._leading = False
+        self.batches = 0  # engine calls made
+        self.requests = 0  # generate calls served
+        self.rows = 0  # sequences generated (rows / batches: the mean engine batch)
+
+    @property
+    def version(self) -> int:
+        return self.engine.version
+
+    def load_weights(self, named_tensors, version: int) -> int:
+        return self.engine.load_weights(named_tensors, version)
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1,
+                 generator: torch.Generator | None = None) -> list[list[Completion]]:
+        request = _Request(prompts, params, n, generator)
+        with self._cond:
+            self._queue.append(request)
+        while True:
+            with self._cond:
+                while not request.done and self._leading:
+                    self._cond.wait()  # woken when a leader finishes
+                if request.done:
+                    break
+                self._leading, batch = True, self._take()
+            try:
+                self._run(batch)
+            finally:
+                with self._cond:
+                    self._leading = False
+                    self._cond.notify_all()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def pop_counts(self) -> dict[str, int]:
+        """Engine calls and rows since the last pop (each counted once, however many callers pop)."""
+        with self._cond:
+            out = {"engine_batches": self.batches, "engine_rows": self.rows}
+            self.batches = self.rows = 0
+        return out
+
+    def _take(self) -> list[_Request]:
+        """The queued requests that can share one call with the oldest (called under the lock)."""
+        key = replace(self._queue[0].params, max_new_tokens=0)
+        batch = [r for r in self._queue if r.n == self._queue[0].n and replace(r.params, max_new_tokens=0) == key]
+        self._queue = [r for r in self._queue if not any(r is b for b in batch)]
+        return batch
+
+    def _run(self, batch: list[_Request]) -> None:
+        params = replace(batch[0].params, max_new_tokens=max(r.params.max_new_tokens for r in batch))
+        try:
+            out = self.engine.generate([p for r in batch for p in r.prompts], params, n=batch[0].n,
+                                       generator=batch[0].generator)
+            start = 0
+            for r in batch:
+                rows = out[start:start + len(r.prompts)]
+                r.result = [[_cut(c, r.params.max_new_tokens) for c in row] for row in rows]
+                start += len(r.prompts)
+        except BaseException as e:  # every caller of this batch sees the engine's error
+            for r in batch:
+                r.error = e
+        self.batches += 1
+        self.requests += len(batch)
+        self.rows += sum(len(r.prompts) * r.n for r in batch)
+        for r in batch:
+            r.done = True  # read by the waiters under the lock, after the leader's notify_all
