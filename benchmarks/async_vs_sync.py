@@ -7,7 +7,9 @@ seed, batch and step count), back to back, and writes async_vs_sync.png (reward 
 wall time) and async_vs_sync.json: seconds per step (mean, and the median without the first and last step),
 and the time each mode's training loop (evaluations left out) needs to first reach a reward target (default:
 90% of the sync run's final smoothed reward), whose ratio is the speed-up; also with the async workers'
-start-up (Ray, one engine per worker: before step 1, outside the loop's clock) added.
+start-up (Ray, one engine per worker: before step 1, outside the loop's clock) added; and the time to the first
+held-out evaluation at or above sync's final one (as coarse as eval_every). --sync-from / --async-from analyse
+earlier runs instead of running again.
 """
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "slide" / "configs" / "agent_rl.y
 
 
 def run_mode(mode: str, args, out: Path) -> tuple[list[dict], list[dict], float | None]:
-    if mode == "sync" and args.sync_from:
-        return read_run(Path(args.sync_from), args) + (None,)
+    reuse = args.sync_from if mode == "sync" else args.async_from
+    if reuse:
+        return read_run(Path(reuse), args) + (None,)
     overrides = [f"mode={mode}", f"name={mode}", f"out_dir={out}", f"model.init={args.init}", f"steps={args.steps}",
                  f"seed={args.seed}", f"threads={args.threads}", *args.set]
     t0 = time.perf_counter()
@@ -69,10 +72,12 @@ def main() -> None:
     ap.add_argument("--sync-from", default=None, help="an earlier run's sync directory to reuse instead of running "
                     "sync again (same --init/--seed/--steps and sync settings: its samples are the same, since "
                     "latency moves only its clock); for comparing async settings against one sync run")
+    ap.add_argument("--async-from", default=None, help="an earlier run's async directory to analyse again")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"steps": args.steps, "config": str(CONFIG), "overrides": args.set, "sync_from": args.sync_from}
+    result = {"steps": args.steps, "config": str(CONFIG), "overrides": args.set, "sync_from": args.sync_from,
+              "async_from": args.async_from}
     curves = {}
     for mode in ("sync", "async"):
         rows, evals, wall = run_mode(mode, args, out)
@@ -94,7 +99,14 @@ def main() -> None:
         hit = next((ti for ti, r in zip(t, reward) if r >= target), None)
         result[mode]["time_to_target_s"] = hit  # training loop only: the clock starts at step 1
         result[mode]["time_to_target_incl_start_s"] = hit + result[mode]["worker_start_s"] if hit else None
-    for key in ("time_to_target_s", "time_to_target_incl_start_s"):
+    # held-out: the first evaluation at or above sync's final one (coarse: evaluations are eval_every apart)
+    eval_target = result["sync"]["final_eval_pass@1"]
+    result["eval_target"] = eval_target
+    for mode, (t, _, evals) in curves.items():
+        hit = next((t[e["step"] - 1] for e in evals if eval_target is not None and e["summary"]["pass@1"] >= eval_target),
+                   None)
+        result[mode]["time_to_eval_target_s"] = hit
+    for key in ("time_to_target_s", "time_to_target_incl_start_s", "time_to_eval_target_s"):
         s, a = result["sync"][key], result["async"][key]
         result[f"speedup_{key.removesuffix('_s')}"] = (s / a) if s and a else None
     for key in ("step_s_mean", "step_s_median_steady"):

@@ -3,6 +3,7 @@ load_weights(named_tensors, version) in place, and `version`, the policy version
 
 inprocess.py     InProcessEngine: batched KV-cache sampling with the HF model, in this process (the default)
 vllm_engine.py   VLLMEngine: vLLM in this process (optional extra: bash scripts/setup_vllm.sh -> .venv-vllm)
+batching.py      BatchingEngine: wraps either; concurrent generate calls share one engine call (async workers)
 """
 import copy
 
