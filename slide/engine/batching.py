@@ -13,7 +13,7 @@ extra thread.
 Requests in one batch must share their sampling parameters except max_new_tokens: the batch runs to the
 largest, and each caller's completions are cut back to its own (finish_reason "length" where cut). Requests
 with other parameters wait for a later batch. The generator of the batch's first request is used. An
-exception in the engine call (a partial_rollout abort, say) is raised in every caller of that batch.
+exception in the engine call is raised in every caller of that batch.
 """
 from __future__ import annotations
 
