@@ -296,7 +296,7 @@ def _each_on_its_own(engine, run: _Run, episodes: list[_Episode], generator) -> 
                 calls = _after_turn(run, ep, c, room, last=turn == run.max_turns - 1)
                 if calls:
                     _after_calls(run, ep, _calls_or_error(ep.env, calls, run.step_timeout_s))
-        except BaseException as e:  # noqa: BLE001 - an engine error (a partial_rollout abort): the caller's
+        except BaseException as e:  # noqa: BLE001 - an engine error or before_turn's abort: the caller's
             errors.append(e)
 
     threads = [threading.Thread(target=play, args=(ep,), daemon=True, name="slide-episode") for ep in episodes]

@@ -13,7 +13,8 @@ extra thread.
 Requests in one batch must share their sampling parameters except max_new_tokens: the batch runs to the
 largest, and each caller's completions are cut back to its own (finish_reason "length" where cut). Requests
 with other parameters wait for a later batch. The generator of the batch's first request is used. An
-exception in the engine call is raised in every caller of that batch.
+exception in the engine call is raised in every caller of that batch. load_weights takes the engine the same
+way, so a weight load never overlaps a generate call: it lands between two batches.
 """
 from __future__ import annotations
 
@@ -43,13 +44,14 @@ def _cut(c: Completion, limit: int) -> Completion:
 
 
 class BatchingEngine:
-    """Wraps an engine (generate, load_weights, version) so that concurrent generate calls share batches."""
+    """Wraps an engine (generate, load_weights, version) so that concurrent generate calls share batches and
+    never overlap a weight load."""
 
     def __init__(self, engine):
         self.engine = engine
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
-        self._leading = False
+        self._busy = False  # a leader's batch or a weight load holds the engine
         self.batches = 0  # engine calls made
         self.requests = 0  # generate calls served
         self.rows = 0  # sequences generated (rows / batches: the mean engine batch)
@@ -59,7 +61,19 @@ class BatchingEngine:
         return self.engine.version
 
     def load_weights(self, named_tensors, version: int) -> int:
-        return self.engine.load_weights(named_tensors, version)
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+            self._busy = True
+        try:
+            return self.engine.load_weights(named_tensors, version)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1,
                  generator: torch.Generator | None = None) -> list[list[Completion]]:
@@ -68,17 +82,15 @@ class BatchingEngine:
             self._queue.append(request)
         while True:
             with self._cond:
-                while not request.done and self._leading:
-                    self._cond.wait()  # woken when a leader finishes
+                while not request.done and self._busy:
+                    self._cond.wait()  # woken when a leader (or a weight load) finishes
                 if request.done:
                     break
-                self._leading, batch = True, self._take()
+                self._busy, batch = True, self._take()
             try:
                 self._run(batch)
             finally:
-                with self._cond:
-                    self._leading = False
-                    self._cond.notify_all()
+                self._release()
         if request.error is not None:
             raise request.error
         return request.result

@@ -14,7 +14,6 @@ under it aborts at its next turn and returns None, so the driver re-queues its p
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import ray
@@ -36,38 +35,17 @@ class Aborted(Exception):
     """A weight push arrived during a partial_rollout call."""
 
 
-class GuardedEngine:
-    """An engine whose generate and load_weights never overlap."""
-
-    def __init__(self, engine: InProcessEngine):
-        self.engine = engine
-        self.lock = threading.Lock()
-
-    @property
-    def version(self) -> int:
-        return self.engine.version
-
-    def generate(self, *args, **kwargs):
-        with self.lock:
-            return self.engine.generate(*args, **kwargs)
-
-    def load_weights(self, named_tensors, version: int) -> int:
-        with self.lock:
-            return self.engine.load_weights(named_tensors, version)
-
-
 class RolloutWorker:
     def __init__(self, index: int, cfg: dict, weights: dict[str, torch.Tensor], version: int):
         cfg = RLConfig.model_validate(cfg)
         torch.set_num_threads(cfg.disagg.worker_threads)
         tok = load_tokenizer()
         model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)  # the architecture; weights follow
-        self.engine = GuardedEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id))
-        self.engine.load_weights(weights.items(), version)
+        self.engine = BatchingEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id))  # loads never overlap
+        self.engine.load_weights(weights.items(), version)                                  # a generate call
         self.partial = cfg.disagg.partial_rollout
-        self.batcher = BatchingEngine(self.engine)
         self.reward = reward_runner(verifiers(parse_task_specs(cfg.data.train)), cfg.rollout.reward_timeout_s)
-        self.rollout_ = Rollout(self.batcher, tok, sampling_params(cfg, tok), cfg.rollout.n, self.reward,
+        self.rollout_ = Rollout(self.engine, tok, sampling_params(cfg, tok), cfg.rollout.n, self.reward,
                                 cfg.rollout.thinking, cfg.agent, seed=cfg.seed * 1009 + index, concurrent_episodes=True)
         self.generator = torch.Generator().manual_seed(cfg.seed * 1009 + index)
 
@@ -90,7 +68,7 @@ class RolloutWorker:
             groups = self.rollout_.groups(problems, first_group, self.generator, before_turn=abort_if_pushed)
         except Aborted:
             return None
-        return groups, self.reward.pop_stats() | self.batcher.pop_counts()
+        return groups, self.reward.pop_stats() | self.engine.pop_counts()
 
 
 class PartialRolloutWorker(RolloutWorker):
