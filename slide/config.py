@@ -191,6 +191,8 @@ class RLConfig(Section):
                                                ("temperature.dynamic", self.temperature.dynamic),
                                                ("rollout.length_stages", bool(self.rollout.length_stages)),
                                                ("rollout.force_answer", self.rollout.force_answer),
+                                               # async trains each group as it arrives: one update per step
+                                               ("train.updates_per_step > 1", self.train.updates_per_step > 1),
                                                ("rollout.engine=vllm", self.rollout.engine == "vllm")] if on]
             if sync_only:
                 raise ValueError(f"{', '.join(sync_only)}: supported with mode=sync only (for now)")

@@ -59,3 +59,11 @@ def test_config_is_frozen():
     cfg = load_config(RLConfig)
     with pytest.raises(Exception):
         cfg.steps = 3
+
+
+def test_async_takes_one_update_per_step():
+    """The async driver accumulates each group's gradient as it arrives into one update: PPO mini-batches
+    (train.updates_per_step > 1) are a sync-mode option, named in the error."""
+    with pytest.raises(UserError, match=r"train.updates_per_step > 1: supported with mode=sync only"):
+        load_config(RLConfig, None, ["mode=async", "train.updates_per_step=2"])
+    assert load_config(RLConfig, None, ["train.updates_per_step=2"]).train.updates_per_step == 2

@@ -116,3 +116,12 @@ AGGREGATIONS: dict[str, Aggregation] = {
     "seq-mean-token-mean": seq_mean_token_mean,
     "seq-mean-token-sum": seq_mean_token_sum,
 }
+
+# What each aggregation divides its sum by, given an update's (num_tokens, num_seqs): a trainer that sums
+# unnormalised micro-batch losses as samples arrive divides the gradients by this at the end.
+LOSS_DIVISOR: dict[str, Callable[[float, float], float]] = {
+    "token-mean": lambda num_tokens, num_seqs: num_tokens,
+    "seq-mean-token-mean": lambda num_tokens, num_seqs: num_seqs,
+    "seq-mean-token-sum": lambda num_tokens, num_seqs: num_seqs,
+}
+

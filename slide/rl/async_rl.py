@@ -4,8 +4,11 @@ takes finished groups sampled at most `max_staleness` policy versions ago.
     slide rl slide/configs/agent_rl.yaml mode=async disagg.workers=4 disagg.max_staleness=1
     slide rl --resume runs/agent-rl      # workers restart on the checkpoint's weights and version
 
-The diff from sync.py: rollout happens in worker processes, continuously; the trainer's step begins by
-collecting finished groups (stale ones dropped, counted) instead of generating them; weights go out every
+The diff from sync.py: rollout happens in worker processes, continuously; the trainer's step collects
+finished groups (stale ones dropped, counted) instead of generating them, and trains on each as it arrives
+(one optimizer update per step, its gradient accumulated group by group, so training overlaps the wait for
+the step's later groups); the workers are fed up to (max_staleness + 1) x prompts_per_step groups ahead of
+the trainer, as AReaL bounds its rollouts; weights go out every
 `sync_interval` steps through the Ray object store; the importance ratio uses the behaviour policy's
 logprobs recorded by the engine, truncated (TIS), so stale samples are corrected as far as the cap allows.
 """
@@ -56,14 +59,16 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     next_group = p.state.get("next_group", 0)
     P = cfg.rollout.prompts_per_step
     ready: list = []  # finished groups with a reward signal, not yet trained on
+    step, dropped, reward_stats, seen = p.start, Counter(), Counter(), []  # the step's, for collect()
     last_eval = None
 
-    def feed() -> None:
-        """Give idle workers work, but no more groups out than the next max(1, max_staleness) steps use: a group
-        queued behind more would be too stale when its turn came (a weight push also waits behind queued calls)."""
+    def feed(taken: int) -> None:
+        """Give idle workers work while the groups out, ready and already trained this step stay under
+        (max_staleness + 1) x prompts_per_step (AReaL's bound): taken in order, every group then trains within
+        max_staleness versions of the one it started on; only one overtaken by later groups can be too stale."""
         nonlocal next_group
         for w in pool.idle():
-            if len(ready) + pool.groups_out() >= P * max(1, d.max_staleness):
+            if len(ready) + pool.groups_out() + taken >= P * (d.max_staleness + 1):
                 return
             k = d.groups_per_call
             problems, pool.requeue = pool.requeue[:k], pool.requeue[k:]
@@ -71,45 +76,56 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             pool.submit(w, problems, next_group)
             next_group += len(problems)
 
+    def collect(timeout_s: float | None) -> bool:
+        """Take the next finished call's groups into `ready` (waiting up to timeout_s; None = until one ends),
+        logging its trajectories and counting this step's worker statistics; False if none finished."""
+        result = pool.next_result(timeout_s)
+        if result is None:
+            return False
+        _, groups, stats = result
+        reward_stats.update(stats)
+        seen.extend(s for g in groups for s in g)
+        run_dir.log_trajectories([s.record(step) for g in groups for s in g])
+        for g in groups:
+            if cfg.algo.dynamic_sampling and len({s.reward for s in g}) == 1:
+                dropped["no_signal"] += 1
+            else:
+                ready.append(g)
+        return True
+
     try:
         for step in range(p.start + 1, cfg.steps + 1):
-            timer, dropped, reward_stats = Timer(), Counter(), Counter()
+            timer, dropped, reward_stats, batch, seen = Timer(), Counter(), Counter(), [], []
             t_step = time.perf_counter()
             version = step - 1  # the policy this step's update starts from
-            seen = []
-            # 1. collect finished groups until a batch is ready; drop groups too stale to train on
-            with timer("wait"):
-                while True:
-                    fresh = [g for g in ready if version - group_version(g) <= d.max_staleness]
-                    dropped["stale"] += len(ready) - len(fresh)
-                    ready = fresh
-                    if len(ready) >= P:
-                        break
-                    if not ready and dropped["no_signal"] >= 4 * cfg.algo.max_sample_rounds * P:
-                        break  # nothing has a reward signal: log the step, skip the update (never hang)
-                    feed()
-                    result = pool.next_result()
-                    if result is None:
-                        continue
-                    _, groups, stats = result
-                    reward_stats.update(stats)
-                    seen += [s for g in groups for s in g]
-                    run_dir.log_trajectories([s.record(step) for g in groups for s in g])
-                    for g in groups:
-                        if cfg.algo.dynamic_sampling and len({s.reward for s in g}) == 1:
-                            dropped["no_signal"] += 1
-                        else:
-                            ready.append(g)
-            batch, ready = ready[:P], ready[P:]
-            if d.max_staleness > 0:
-                feed()  # the workers keep generating while we train (on-policy: only after the push)
-            # 2. advantages, 3. train on the behaviour policy's samples (TIS against their recorded logprobs)
+            # 1-3. train on groups as they finish (one optimizer update, gradients accumulated group by group,
+            # so the trainer computes while the workers still write this step's later groups); drop stale ones
+            trainer.begin_update()
+            while len(batch) < P:
+                feed(len(batch))
+                while collect(timeout_s=0):  # everything finished by now, without waiting
+                    feed(len(batch))
+                fresh = [g for g in ready if version - group_version(g) <= d.max_staleness]
+                dropped["stale"] += len(ready) - len(fresh)
+                ready = fresh
+                if ready:
+                    take = min(P - len(batch), max(1, cfg.train.micro_batch // cfg.rollout.n))
+                    groups, ready = ready[:take], ready[take:]
+                    adv = group_advantages(torch.tensor([[s.reward for s in g] for g in groups]),
+                                           cfg.algo.scale_adv_by_std)
+                    with timer("train"):  # the behaviour policy's samples, TIS against their recorded logprobs
+                        trainer.accumulate([s for g in groups for s in g],
+                                           {id(s): float(a) for g, row in zip(groups, adv) for s, a in zip(g, row)})
+                    batch += groups
+                elif dropped["no_signal"] >= 4 * cfg.algo.max_sample_rounds * P:
+                    break  # nothing has a reward signal: log the step, skip the update (never hang)
+                else:
+                    with timer("wait"):
+                        collect(timeout_s=None)
             stats = {}
             if batch:
-                adv = group_advantages(torch.tensor([[s.reward for s in g] for g in batch]), cfg.algo.scale_adv_by_std)
-                advantages = {id(s): float(a) for g, row in zip(batch, adv) for s, a in zip(g, row)}
                 with timer("train"):
-                    stats = trainer.step([s for g in batch for s in g], advantages)
+                    stats = trainer.finish_update()
             # 4. push weights every sync_interval steps; workers apply them between calls
             if step % d.sync_interval == 0:
                 with timer("sync"):

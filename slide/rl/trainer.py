@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from slide.algo.grpo import AGGREGATIONS, kl_k3, masked_mean, policy_loss, tis_weights
+from slide.algo.grpo import AGGREGATIONS, LOSS_DIVISOR, kl_k3, masked_mean, policy_loss, tis_weights
 from slide.config import AlgoSpec, TrainSpec
 from slide.model.tiny import ExpertLoad, routers
 from slide.rl.sample import Sample
@@ -120,18 +120,31 @@ class PolicyTrainer:
         return out
 
     def _update(self, samples: list[Sample], advantages: dict[int, float], old_logprobs) -> dict[str, float]:
-        """One optimizer update on `samples`, micro-batched with the loss normalised by the whole set.
-        `old_logprobs` (id(sample) -> [R]) are the PPO "old" policy; None = the current weights."""
-        num_tokens = float(sum(sum(s.loss_mask) for s in samples))
-        num_seqs = float(len(samples))
-        aggregate = AGGREGATIONS[self.algo.loss_agg]
+        """One optimizer update on `samples`. `old_logprobs` (id(sample) -> [R]) are the PPO "old" policy; None =
+        the current weights."""
+        self.begin_update()
+        self.accumulate(samples, advantages, old_logprobs)
+        return self.finish_update()
+
+    def begin_update(self) -> None:
+        """Start an optimizer update that `accumulate` builds up from samples as they arrive (the async driver
+        trains on each group when it is collected) and `finish_update` applies. Each micro-batch's loss is
+        backpropagated unnormalised and the gradients are divided by the whole update's token (or sequence)
+        count at the end, so any split of the samples gives the update of one big batch (up to float rounding)."""
         lr_scale = min(1.0, (self.updates + 1) / self.train_cfg.warmup_steps) if self.train_cfg.warmup_steps else 1.0
         for group in self.opt.param_groups:
             group["lr"] = self.train_cfg.lr * lr_scale
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        sums = dict(loss=0.0, kl=0.0, clipfrac=0.0, ratio_max=1.0, ratio_dev=0.0, gap_max=0.0, gap_sum=0.0,
-                    gap_over=0.0, tis_mean=0.0)
+        self._sums = dict(loss=0.0, kl=0.0, clipfrac=0.0, ratio_max=1.0, ratio_dev=0.0, gap_max=0.0, gap_sum=0.0,
+                          gap_over=0.0, tis_mean=0.0, tokens=0.0, seqs=0.0, lr=self.train_cfg.lr * lr_scale)
+
+    def accumulate(self, samples: list[Sample], advantages: dict[int, float], old_logprobs=None) -> None:
+        """Add the gradients of `samples` (advantages keyed by id(sample)) to the update begun last."""
+        sums, aggregate = self._sums, AGGREGATIONS[self.algo.loss_agg]
+        sums["tokens"] += float(sum(sum(s.loss_mask) for s in samples))
+        sums["seqs"] += float(len(samples))
+        self.model.train()
         for mb in self._micro_batches(samples):
             ids, attn, targets, mask, behaviour, start = self._collate(mb)
             adv = torch.tensor([advantages[id(s)] for s in mb], device=ids.device)  # [b]
@@ -155,7 +168,7 @@ class PolicyTrainer:
                 kl = kl_k3(logp, ref)
                 per_token = per_token + self.algo.kl_coef * kl
                 sums["kl"] += float((kl.detach() * mask).sum())
-            loss = aggregate(per_token, mask, num_tokens, num_seqs)
+            loss = aggregate(per_token, mask, 1.0, 1.0)  # unnormalised: finish_update divides by the totals
             loss.backward()
             m = mask.bool()
             if m.any():
@@ -168,19 +181,27 @@ class PolicyTrainer:
                 sums["gap_over"] += float((gap > self.algo.gap_threshold).sum())
                 sums["tis_mean"] += float(weights[m].sum())
             sums["loss"] += float(loss.detach())
+
+    def finish_update(self) -> dict[str, float]:
+        """Normalise the accumulated gradients, clip, step the optimizer and the router biases; returns metrics."""
+        sums = self._sums
+        # every aggregation divides its sum by exactly one of the update's totals (see slide.algo.grpo)
+        scale = 1.0 / max(LOSS_DIVISOR[self.algo.loss_agg](sums["tokens"], sums["seqs"]), 1.0)
+        for param in self.model.parameters():
+            if param.grad is not None:
+                param.grad.mul_(scale)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip)
         self.opt.step()
         self.updates += 1
         balance = self.load.update_bias(self.router_bias_rate)
         self.model.eval()
-        tokens = max(num_tokens, 1.0)
-        return {"loss": sums["loss"], "grad_norm": float(grad_norm), "grad_norm_max": float(grad_norm),
-                "lr": self.train_cfg.lr * lr_scale,
-                "clipfrac": sums["clipfrac"] / tokens, "ratio_max": sums["ratio_max"],
+        tokens = max(sums["tokens"], 1.0)
+        return {"loss": sums["loss"] * scale, "grad_norm": float(grad_norm), "grad_norm_max": float(grad_norm),
+                "lr": sums["lr"], "clipfrac": sums["clipfrac"] / tokens, "ratio_max": sums["ratio_max"],
                 "ratio_dev_max": sums["ratio_dev"], "logprob_gap_max": sums["gap_max"],
                 "logprob_gap_mean": sums["gap_sum"] / tokens,
                 "logprob_gap_frac_over": sums["gap_over"] / tokens, "tis_weight_mean": sums["tis_mean"] / tokens,
-                "kl": sums["kl"] / tokens, "train_tokens": num_tokens, **balance}
+                "kl": sums["kl"] / tokens, "train_tokens": sums["tokens"], **balance}
 
     def state_dict(self) -> dict:
         return {"optimizer": self.opt.state_dict(), "updates": self.updates,
