@@ -460,3 +460,33 @@ def test_batching_engine_never_mixes_sampling_params():
     for t in threads:
         t.join()
     assert all(len(s) == 1 for s in seen) and sum(1 for _ in seen) >= 2
+
+
+def test_turns_record_their_weights_version_and_stale_turns_leave_the_loss(tok):
+    """Weights loaded between two turns (async workers): each token records the version that sampled it (the
+    observation carries the turn before's), `version` is the oldest; the async driver then masks the turns older
+    than its bound, keeps the fresh ones, and drops a group only when nothing fresh is left."""
+    from slide.rl.async_rl import drop_stale_turns, group_version
+
+    class Reloading(ScriptedEngine):
+        def generate(self, prompts, params, n=1, generator=None):
+            out = super().generate(prompts, params, n, generator)
+            self.version += 2  # a push lands after every turn: 3, then 5
+            return out
+
+    [group] = run_episodes(Reloading(tok, solver), tok, problems(1), calc_env, PARAMS, n=2, max_turns=4,
+                           max_tokens=400, thinking=True, first_group=0)
+    for s in group:
+        assert s.turns == 2 and s.version == 3 and len(s.token_versions) == len(s.response_ids)
+        second = len(s.loss_mask) - s.loss_mask[::-1].index(0)  # the second turn starts after the observation
+        assert set(s.token_versions[:second]) == {3} and set(s.token_versions[second:]) == {5}
+    assert group_version(group) == 3
+    mask_before = [list(s.loss_mask) for s in group]
+    assert drop_stale_turns(group, oldest=3) == 0 and group_version(group) == 3
+    masked = drop_stale_turns(group, oldest=4)
+    assert masked == sum(m.index(0) for m in mask_before)  # exactly the first turns' model tokens
+    for s, before in zip(group, mask_before):
+        first = before.index(0)
+        assert s.loss_mask[:first] == [0] * first and s.loss_mask[first:] == before[first:]
+    assert group_version(group) == 5  # the oldest trained token now
+    assert drop_stale_turns(group, oldest=6) > 0 and group_version(group) == 3 < 6  # nothing fresh: dropped

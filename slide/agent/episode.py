@@ -57,8 +57,9 @@ OBSERVATION = "<|observation|>"
 
 @dataclass
 class AgentSample(Sample):
-    """A `Sample` (so the trainer takes it as is) plus what the agent metrics need. `version` is the oldest
-    policy version among its turns (an async engine may load new weights between turns)."""
+    """A `Sample` (so the trainer takes it as is) plus what the agent metrics need. An async engine may load new
+    weights between turns: `version` is the oldest policy version among its turns, `token_versions` each
+    token's."""
 
     reason: str = ""  # why the episode ended (see the module docstring)
     error: str = ""  # one line for failed/aborted episodes: what was wrong
@@ -143,8 +144,9 @@ class _Episode:
         s = self.sample
         s.status, s.reason, s.error, s.reward, self.live = status, reason, error, reward, False
 
-    def add(self, tokens: list[int], logprobs: list[float], model: bool) -> None:
+    def add(self, tokens: list[int], logprobs: list[float], model: bool, version: int | None = None) -> None:
         s = self.sample
+        s.token_versions += [s.token_versions[-1] if version is None else version] * len(tokens)
         s.response_ids += tokens
         s.loss_mask += [int(model)] * len(tokens)
         s.behaviour_logprobs += logprobs if model else [0.0] * len(tokens)
@@ -313,7 +315,7 @@ def _after_turn(run: _Run, ep: _Episode, c, budget: int, last: bool) -> list[dic
     tok = run.tok
     cut = len(c.tokens) > budget
     tokens, finish = c.tokens[:budget], "length" if cut else c.finish_reason
-    ep.add(tokens, list(c.logprobs[:budget]), model=True)
+    ep.add(tokens, list(c.logprobs[:budget]), model=True, version=c.version)
     s = ep.sample
     s.version, s.turns = min(s.version, c.version) if s.turns else c.version, s.turns + 1
     text = tok.decode(tokens, skip_special_tokens=False)

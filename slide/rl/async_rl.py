@@ -1,16 +1,17 @@
 """Disaggregated asynchronous RL: rollout workers (Ray actors) never wait for the trainer, and the trainer
-takes finished groups sampled at most `max_staleness` policy versions ago.
+trains on tokens sampled at most `max_staleness` policy versions ago.
 
     slide rl slide/configs/agent_rl.yaml mode=async disagg.workers=4 disagg.max_staleness=1
     slide rl --resume runs/agent-rl      # workers restart on the checkpoint's weights and version
 
 The diff from sync.py: rollout happens in worker processes, continuously; the trainer's step collects
-finished groups (stale ones dropped, counted) instead of generating them, and trains on each as it arrives
-(one optimizer update per step, its gradient accumulated group by group, so training overlaps the wait for
-the step's later groups); the workers are fed up to (max_staleness + 1) x prompts_per_step groups ahead of
-the trainer, as AReaL bounds its rollouts; weights go out every
-`sync_interval` steps through the Ray object store; the importance ratio uses the behaviour policy's
-logprobs recorded by the engine, truncated (TIS), so stale samples are corrected as far as the cap allows.
+finished groups instead of generating them (the turns of an episode older than the bound are masked, a
+group with no fresh token left is dropped; both counted), and trains on each as it arrives (one optimizer
+update per step, its gradient accumulated group by group, so training overlaps the wait for the step's
+later groups); the workers are fed up to (max_staleness + 1) x prompts_per_step groups ahead of the trainer,
+as AReaL bounds its rollouts; weights go out every `sync_interval` steps through the Ray object store; the
+importance ratio uses the behaviour policy's logprobs recorded by the engine, truncated (TIS), so stale
+samples are corrected as far as the cap allows.
 """
 from __future__ import annotations
 
@@ -33,7 +34,21 @@ from slide.tasks.base import Problem
 
 
 def group_version(group) -> int:
-    return min(s.version for s in group)  # an episode spanning versions counts as its oldest
+    """The oldest policy version among the group's trained tokens (an episode's turns may span versions)."""
+    trained = [v for s in group for v, m in zip(s.versions(), s.loss_mask) if m]
+    return min(trained) if trained else min(s.version for s in group)
+
+
+def drop_stale_turns(group, oldest: int) -> int:
+    """Take the turns sampled before version `oldest` out of the loss (they stay in the context of the later
+    turns, which train); returns the tokens taken out. A slow multi-turn episode whose first turn is too stale
+    still trains on its fresh turns, so the bound does not discard the episodes that wait longest on tools."""
+    masked = 0
+    for s in group:
+        for i, v in enumerate(s.versions()):
+            if v < oldest and s.loss_mask[i]:
+                s.loss_mask[i], masked = 0, masked + 1
+    return masked
 
 
 def start_ray(cfg: RLConfig) -> None:
@@ -105,7 +120,10 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
                 feed(len(batch))
                 while collect(timeout_s=0):  # everything finished by now, without waiting
                     feed(len(batch))
-                fresh = [g for g in ready if version - group_version(g) <= d.max_staleness]
+                oldest = version - d.max_staleness
+                for g in ready:
+                    dropped["stale_tokens"] += drop_stale_turns(g, oldest)
+                fresh = [g for g in ready if group_version(g) >= oldest]  # dropped: no fresh token left
                 dropped["stale"] += len(ready) - len(fresh)
                 ready = fresh
                 if ready:
@@ -136,6 +154,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             metrics.update({
                 "groups_trained": len(batch), "staleness_mean": sum(staleness) / len(staleness),
                 "staleness_max": max(staleness), "dropped_stale": dropped["stale"],
+                "masked_stale_tokens": dropped["stale_tokens"],
                 "dropped_no_signal": dropped["no_signal"], "buffer_groups": len(ready),
                 "groups_in_flight": pool.groups_out(), **pool.counts, **reward_stats, **stats,
             })

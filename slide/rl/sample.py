@@ -1,7 +1,7 @@
 """One trajectory record: the exact token ids the engine sampled, a loss mask, a status."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from slide.tasks.base import Problem
 
@@ -18,6 +18,11 @@ class Sample:
     reward: float = 0.0
     status: str = "completed"  # completed | truncated | aborted | failed
     response_text: str = ""
+    token_versions: list[int] = field(default_factory=list)  # per response token where turns span versions
+
+    def versions(self) -> list[int]:
+        """The policy version that sampled each response token (environment tokens: the turn before's)."""
+        return self.token_versions or [self.version] * len(self.response_ids)
 
     def record(self, step: int) -> dict:
         """The JSON row persisted for every trajectory."""

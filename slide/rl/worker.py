@@ -7,7 +7,8 @@ call, so a slow tool delays only its own episode and the engine still sees batch
 
 Weights load between engine calls (never inside one). A push is queued behind the calls already sent; with
 one call per worker an episode therefore finishes on the weights it started with, with more a push can land
-between two turns of an episode in flight (each turn records its version; an episode counts as its oldest).
+between two turns of an episode in flight (each token records its version; the driver masks turns
+older than max_staleness).
 With partial_rollout, a push runs at once (its own concurrency group), and a call whose weights changed
 under it aborts at its next turn and returns None, so the driver re-queues its problems on the new weights.
 """
