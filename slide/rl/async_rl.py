@@ -45,6 +45,8 @@ def drop_stale_turns(group, oldest: int) -> int:
     still trains on its fresh turns, so the bound does not discard the episodes that wait longest on tools."""
     masked = 0
     for s in group:
+        if s.version >= oldest:  # its oldest turn is fresh (the common case): nothing to scan
+            continue
         for i, v in enumerate(s.versions()):
             if v < oldest and s.loss_mask[i]:
                 s.loss_mask[i], masked = 0, masked + 1
