@@ -13,7 +13,6 @@ can be timed side by side. `--engine vllm` rolls out with slide.engine.vllm_engi
 from __future__ import annotations
 
 import argparse
-import copy
 import random
 import resource
 import statistics
@@ -26,8 +25,8 @@ from transformers import AutoTokenizer
 from slide.algo.grpo import group_advantages
 from slide.cli import add_bench_arguments
 from slide.config import AlgoSpec, TrainSpec
-from slide.engine import ENGINES
-from slide.engine.inprocess import InProcessEngine, SamplingParams
+from slide.engine import DTYPES, ENGINES, make_engine
+from slide.engine.inprocess import SamplingParams
 from slide.errors import UserError
 from slide.model.load import load_model
 from slide.rl.sample import Sample
@@ -56,12 +55,12 @@ def run_bench(a) -> dict:
     except Exception as e:
         raise UserError(f"--model {a.model!r}: cannot load its tokenizer ({type(e).__name__})") from None
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    dtype = DTYPES[a.dtype]
     if kind == "vllm":
         from slide.engine.vllm_engine import VLLMEngine
         engine = VLLMEngine(a.model, dtype=a.dtype)  # built from the same folder, so it starts at version 0
     else:
-        engine = InProcessEngine(copy.deepcopy(policy).to(dtype), pad_token_id=pad)  # rollout copy at rollout precision
+        engine = make_engine("inprocess", policy, pad, a.dtype)  # rollout copy at rollout precision
     sync = WeightSync(precision=a.dtype, bucket_mb=256)
     trainer = PolicyTrainer(policy, TrainSpec(lr=1e-5, micro_batch=a.prompts * a.gens), AlgoSpec(),
                             temperature=1.0, pad_id=pad, router_bias_rate=0.0, autocast=dtype)

@@ -38,6 +38,10 @@ class TrainSpec(Section):
                                                        "splits the batch into k mini-batches of whole groups, "
                                                        "clipped against the rollout policy (PPO-style)")
     warmup_steps: int = Field(0, ge=0)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="trainer compute: bf16 = autocast forward/backward, fp32 master weights and AdamW state "
+                            "(GLM's BF16 training); fast where bf16 matmuls are native (GPUs, CPUs with AMX), "
+                            "slower than fp32 on the tiny models here and on CPUs without native bf16")
 
 
 class RolloutSpec(Section):
@@ -52,7 +56,8 @@ class RolloutSpec(Section):
         "inprocess", description="rollout engine: inprocess (HF model + KV cache, this process) or vllm "
                                  "(optional extra: bash scripts/setup_vllm.sh, run in .venv-vllm; mode=sync)")
     precision: Literal["fp32", "bf16", "fp8"] = Field(
-        "fp32", description="rollout weights as pushed to the engines: fp8 = GLM's block-wise e4m3 (128x128 blocks)")
+        "fp32", description="rollout weights as pushed to the engines: fp8 = GLM's block-wise e4m3 (128x128 blocks); "
+                            "the engines compute in bf16 for bf16 and fp8 (fp8 dequantized on receipt), fp32 for fp32")
     sync_bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size, MiB")
     length_stages: list[tuple[int, int]] = Field(
         [], description="output-length schedule for training rollouts: [[from_step, max_new_tokens], ...] with "

@@ -216,6 +216,37 @@ def test_push_matches_engine_built_from_trainer_weights(base, precision):
     assert engine.version == 1 and all(torch.equal(t, want[n]) for n, t in engine.model.state_dict().items())
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp8"])
+def test_engines_hold_pushed_weights_in_their_compute_dtype(base, precision):
+    """The sync mode's engine (make_engine) and an async rollout worker (built from a push's buckets; the plain
+    class, no Ray) hold exactly what a push at `precision` carries, in bf16 for bf16 and fp8 (fp32 for fp32),
+    with glm4_moe's router weight and correction bias kept fp32 as transformers keeps them; both then
+    generate the same tokens and take the next version's push."""
+    from slide.config import RLConfig
+    from slide.engine import make_engine
+    from slide.rl.worker import RolloutWorker
+    trainer, later = perturbed(base, 1), perturbed(base, 2)
+    engine = make_engine("inprocess", base, pad_token_id=0, precision=precision)
+    sync = WeightSync(precision, bucket_mb=0.5)
+    sync.push(trainer, engine, version=3)
+    cfg = RLConfig.model_validate({"rollout": {"precision": precision}, "threads": 1}).model_dump(mode="json")
+    worker = RolloutWorker(0, cfg, list(sync.buckets(trainer, 3)))
+    compute = torch.float32 if precision == "fp32" else torch.bfloat16
+    for e in (engine, worker.engine):
+        state = e.model.state_dict()
+        assert e.version == 3
+        for name, t in trainer.state_dict().items():
+            kept = name.endswith(("mlp.gate.weight", "e_score_correction_bias"))
+            assert state[name].dtype == (torch.float32 if kept or not t.is_floating_point() else compute), name
+            payload = encode(name, t, precision)
+            want = payload.dequantize(state[name].dtype) if isinstance(payload, Fp8Weight) else payload.to(state[name].dtype)
+            assert torch.equal(state[name], want), name
+    assert tokens(engine) == [[c.tokens for c in g] for g in worker.engine.generate(PROMPTS, GREEDY)]
+    assert worker.load_weights(list(sync.buckets(later, 4))) > 0 and worker.engine.version == 4
+    with pytest.raises(StaleVersionError):
+        worker.load_weights(list(sync.buckets(trainer, 3)))
+
+
 # -- torch.distributed (gloo), 2 processes ---------------------------------------------------------
 
 def _gloo_worker(rank: int, store: str):

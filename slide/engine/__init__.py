@@ -7,19 +7,29 @@ batching.py      BatchingEngine: wraps either; concurrent generate calls share o
 """
 import copy
 
+import torch
+
 ENGINES = ("inprocess", "vllm")  # the kinds make_engine builds
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", seed: int = 0):
     """A rollout engine of `kind` ("inprocess" | "vllm") holding a copy of `model`'s weights.
 
-    vLLM holds bf16 weights for bf16 and fp8 rollout (FP8 pushes are dequantized on receipt; its block-FP8
-    kernels load only from an FP8 checkpoint), fp32 otherwise. The caller closes it (`close_engine`)."""
+    Both hold (and compute in) bf16 for bf16 and fp8 rollout (FP8 pushes are dequantized on receipt; vLLM's
+    block-FP8 kernels load only from an FP8 checkpoint), fp32 otherwise. The caller closes it (`close_engine`)."""
     if kind == "vllm":
         from slide.engine.vllm_engine import VLLMEngine
-        return VLLMEngine.from_model(model, dtype="fp32" if precision == "fp32" else "bf16", seed=seed)
+        return VLLMEngine.from_model(model, dtype=compute_dtype(precision), seed=seed)
     from slide.engine.inprocess import InProcessEngine
-    return InProcessEngine(copy.deepcopy(model), pad_token_id=pad_token_id)
+    from slide.model.load import cast_for_compute
+    return InProcessEngine(cast_for_compute(copy.deepcopy(model), DTYPES[compute_dtype(precision)]),
+                           pad_token_id=pad_token_id)
+
+
+def compute_dtype(precision: str) -> str:
+    """The dtype an engine holds and computes in for rollout weights pushed at `precision`."""
+    return "fp32" if precision == "fp32" else "bf16"
 
 
 def close_engine(engine) -> None:

@@ -60,6 +60,11 @@ class BatchingEngine:
     def version(self) -> int:
         return self.engine.version
 
+    @property
+    def model(self):
+        """The wrapped engine's model: what a WeightReceiver checks a push against."""
+        return self.engine.model
+
     def load_weights(self, named_tensors, version: int) -> int:
         with self._cond:
             while self._busy:

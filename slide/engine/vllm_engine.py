@@ -49,10 +49,9 @@ from typing import Iterable
 
 import torch
 
+from slide.engine import DTYPES
 from slide.engine.inprocess import Completion, SamplingParams
 from slide.errors import UserError
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _in_process_env(kv_cache_gib: int) -> None:

@@ -30,3 +30,22 @@ def load_policy(init: str | None, size: str, tokenizer, seed: int):
     if init:
         return load_model(init, "model.init")
     return build_model(tiny_config(size, tokenizer), seed).eval()
+
+
+def cast_for_compute(model, dtype: torch.dtype):
+    """`model.to(dtype)` in place, keeping at fp32 what transformers keeps there for the architecture
+    (`_keep_in_fp32_modules_strict`: glm4_moe's router weight and its correction bias, whose top-k routing is
+    discontinuous), as `from_pretrained(dtype=...)` would. Returns the model."""
+    model.to(dtype)
+    keep = getattr(model, "_keep_in_fp32_modules_strict", None) or ()
+    if dtype == torch.float32 or not keep:
+        return model
+    for prefix, module in model.named_modules():
+        for kind in ("_parameters", "_buffers"):
+            for name, t in getattr(module, kind).items():
+                if t is not None and t.is_floating_point() and any(k in f"{prefix}.{name}" for k in keep):
+                    if kind == "_parameters":
+                        t.data = t.data.float()
+                    else:
+                        module._buffers[name] = t.float()
+    return model

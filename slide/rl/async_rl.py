@@ -15,7 +15,6 @@ samples are corrected as far as the cap allows.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from collections import Counter
@@ -25,12 +24,13 @@ import torch
 
 from slide.algo.grpo import group_advantages
 from slide.config import RLConfig
-from slide.engine.inprocess import InProcessEngine
+from slide.engine import make_engine
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.parts import build
 from slide.rl.worker import WorkerPool
 from slide.rundir import RunDir
 from slide.tasks.base import Problem
+from slide.weights.buckets import WeightSync
 
 
 def group_version(group) -> int:
@@ -68,9 +68,11 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     """Train for cfg.steps steps in `run_dir` (continuing from `ckpt` if given). Returns the last eval."""
     p = build(cfg, ckpt)
     tok, policy, trainer, source, d = p.tok, p.policy, p.trainer, p.source, cfg.disagg
-    eval_engine = InProcessEngine(copy.deepcopy(policy), pad_token_id=tok.pad_token_id)
+    weight_sync = WeightSync(cfg.rollout.precision, cfg.rollout.sync_bucket_mb)
+    eval_engine = make_engine("inprocess", policy, tok.pad_token_id, cfg.rollout.precision)  # weights as the workers'
+    weight_sync.push(policy, eval_engine, version=p.start)
     start_ray(cfg)
-    pool = WorkerPool(cfg, policy.state_dict(), version=p.start)
+    pool = WorkerPool(cfg, list(weight_sync.buckets(policy, p.start)))
     startup_s = pool.wait_ready()  # logged with the first step, outside its clock
     pool.requeue = [Problem(**x) for x in p.state.get("outstanding", [])]  # handed out before the kill
     next_group = p.state.get("next_group", 0)
@@ -149,7 +151,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             # 4. push weights every sync_interval steps; workers apply them between calls
             if step % d.sync_interval == 0:
                 with timer("sync"):
-                    stats["sync_bytes"] = pool.push(policy.state_dict(), version=step)
+                    stats["sync_bytes"] = pool.push(list(weight_sync.buckets(policy, step)))
             # 5. log
             staleness = [version - group_version(g) for g in batch] or [0]
             metrics = step_metrics(seen or [s for g in batch for s in g])
@@ -165,7 +167,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             # 6. periodic eval (on the trainer's weights) and checkpoint
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 with timer("eval"):
-                    eval_engine.load_weights(policy.state_dict().items(), version=step)
+                    weight_sync.push(policy, eval_engine, version=step)
                     last_eval = p.evaluate(eval_engine, cfg, run_dir, step)
                 metrics["eval_pass@1"] = last_eval["summary"]["pass@1"]
             metrics["time/step_s"] = time.perf_counter() - t_step

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from slide.config import RLConfig
+from slide.engine import DTYPES
 from slide.engine.inprocess import SamplingParams
 from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
@@ -74,7 +75,7 @@ def build(cfg: RLConfig, ckpt=None) -> Parts:
     policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed)
     ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed) if cfg.algo.kl_coef > 0 else None  # initial policy
     trainer = PolicyTrainer(policy, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,
-                            cfg.model.router_bias_rate, ref_model=ref)
+                            cfg.model.router_bias_rate, ref_model=ref, autocast=DTYPES[cfg.train.precision])
     train_specs = parse_task_specs(cfg.data.train)  # datasets are read once
     eval_specs = parse_task_specs(cfg.data.eval) if cfg.data.eval else train_specs
     held_out = eval_problems(eval_specs, cfg.data.eval_prompts, cfg.seed)

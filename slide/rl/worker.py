@@ -21,12 +21,14 @@ import ray
 import torch
 
 from slide.config import RLConfig
+from slide.engine import DTYPES, compute_dtype
 from slide.engine.batching import BatchingEngine
 from slide.engine.inprocess import InProcessEngine
 from slide.eval.passk import verifiers
-from slide.model.load import load_policy
+from slide.model.load import cast_for_compute, load_policy
 from slide.model.tokenizer import load_tokenizer
 from slide.rl.parts import reward_runner, sampling_params
+from slide.weights.buckets import Bucket, WeightReceiver
 from slide.rl.rollout import Rollout
 from slide.tasks import parse_task_specs
 from slide.tasks.base import Problem
@@ -37,13 +39,14 @@ class Aborted(Exception):
 
 
 class RolloutWorker:
-    def __init__(self, index: int, cfg: dict, weights: dict[str, torch.Tensor], version: int):
+    def __init__(self, index: int, cfg: dict, buckets: list[Bucket]):
         cfg = RLConfig.model_validate(cfg)
         torch.set_num_threads(cfg.disagg.worker_threads)
         tok = load_tokenizer()
         model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)  # the architecture; weights follow
+        model = cast_for_compute(model, DTYPES[compute_dtype(cfg.rollout.precision)])  # as make_engine's engines
         self.engine = BatchingEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id))  # loads never overlap
-        self.engine.load_weights(weights.items(), version)                                  # a generate call
+        self.load_weights(buckets)                                                          # a generate call
         self.partial = cfg.disagg.partial_rollout
         self.reward = reward_runner(verifiers(parse_task_specs(cfg.data.train)), cfg.rollout.reward_timeout_s)
         self.rollout_ = Rollout(self.engine, tok, sampling_params(cfg, tok), cfg.rollout.n, self.reward,
@@ -53,8 +56,13 @@ class RolloutWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
-        return self.engine.load_weights(weights.items(), version)
+    def load_weights(self, buckets: list[Bucket]) -> int:
+        """Apply one version's buckets (rollout.precision: fp8 payloads are dequantized here); returns bytes."""
+        receiver = WeightReceiver(self.engine)
+        for bucket in buckets:
+            receiver.receive(bucket)
+        receiver.finish()
+        return sum(b.nbytes for b in buckets)
 
     def rollout(self, problems: list[Problem], first_group: int):
         """(groups, counts: reward failures and engine batches/rows since the last call returned), or None when
@@ -76,11 +84,11 @@ class PartialRolloutWorker(RolloutWorker):
     """partial_rollout: pushes run in their own thread (concurrency group), beside the call in flight."""
 
     @ray.method(concurrency_group="push")
-    def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
-        return super().load_weights(weights, version)
+    def load_weights(self, buckets: list[Bucket]) -> int:
+        return super().load_weights(buckets)
 
 
-def start_worker(index: int, cfg: RLConfig, weights_ref, version: int):
+def start_worker(index: int, cfg: RLConfig, buckets_ref):
     """A named actor `slide-rollout-<index>`: calls run one at a time, a push waits for the calls sent before
     it; with partial_rollout a push runs at once (between two engine calls) and aborts the call in flight."""
     cls, extra = RolloutWorker, {}
@@ -89,17 +97,18 @@ def start_worker(index: int, cfg: RLConfig, weights_ref, version: int):
     remote = ray.remote(**extra)(cls) if extra else ray.remote(cls)  # concurrency groups: not an .options() key
     actor = remote.options(name=f"slide-rollout-{index}", max_restarts=0, num_cpus=cfg.disagg.worker_threads,
                            max_concurrency=cfg.disagg.calls_per_worker)
-    return actor.remote(index, cfg.model_dump(mode="json"), weights_ref, version)
+    return actor.remote(index, cfg.model_dump(mode="json"), buckets_ref)
 
 
 class WorkerPool:
     """The driver's view of the workers: one call in flight per worker, dead workers replaced, their
-    problems re-queued, weights pushed through the Ray object store (one put, every worker reads it)."""
+    problems re-queued, weights pushed through the Ray object store (one put, every worker reads it) as the
+    buckets of WeightSync at rollout.precision."""
 
-    def __init__(self, cfg: RLConfig, weights: dict[str, torch.Tensor], version: int):
+    def __init__(self, cfg: RLConfig, buckets: list[Bucket]):
         self.cfg = cfg
-        self.weights_ref, self.version = ray.put(weights), version
-        self.workers = [start_worker(i, cfg, self.weights_ref, version) for i in range(cfg.disagg.workers)]
+        self.buckets_ref, self.version = ray.put(buckets), buckets[0].version
+        self.workers = [start_worker(i, cfg, self.buckets_ref) for i in range(cfg.disagg.workers)]
         self.in_flight: dict = {}  # ObjectRef -> (worker index, problems, the actor it was sent to)
         self.requeue: list[Problem] = []  # problems to hand out again before fresh ones
         self.counts = {"workers_replaced": 0, "calls_aborted": 0}
@@ -140,7 +149,7 @@ class WorkerPool:
             out = ray.get(done[0])
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
             if self.workers[worker] is actor:  # its other queued call fails too: replace it once
-                self.workers[worker] = start_worker(worker, self.cfg, self.weights_ref, self.version)
+                self.workers[worker] = start_worker(worker, self.cfg, self.buckets_ref)
                 self.counts["workers_replaced"] += 1
             self.requeue += problems
             return None
@@ -150,12 +159,12 @@ class WorkerPool:
             return None
         return worker, *out
 
-    def push(self, weights: dict[str, torch.Tensor], version: int) -> float:
-        """Send new weights to every worker (they apply them between calls); returns bytes per worker."""
-        self.weights_ref, self.version = ray.put(weights), version
+    def push(self, buckets: list[Bucket]) -> float:
+        """Send one version's buckets to every worker (they apply them between calls); returns bytes per worker."""
+        self.buckets_ref, self.version = ray.put(buckets), buckets[0].version
         for w in self.workers:
-            w.load_weights.remote(self.weights_ref, version)  # queued behind the calls already sent
-        return float(sum(t.numel() * t.element_size() for t in weights.values()))
+            w.load_weights.remote(self.buckets_ref)  # queued behind the calls already sent
+        return float(sum(b.nbytes for b in buckets))
 
     def outstanding(self) -> list[Problem]:
         """Problems handed out but not returned: saved with a checkpoint, re-queued on resume."""
