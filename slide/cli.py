@@ -125,7 +125,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gens", type=int, default=8)
     parser.add_argument("--len", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="training autocast and rollout precision (bf16: engine weights and compute in bf16)")
+    parser.add_argument("--compile", action="store_true", help="train.compile: torch.compile the training forward")
     parser.add_argument("--engine", choices=ENGINES, default="inprocess",
                         help="rollout engine: inprocess (default) or vllm (needs .venv-vllm: scripts/setup_vllm.sh)")
 

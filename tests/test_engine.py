@@ -111,3 +111,31 @@ def test_load_weights_accepts_tied_embeddings():
     eng = InProcessEngine(dst)
     eng.load_weights(src.state_dict().items(), version=1)
     assert torch.equal(dst.lm_head.weight, src.lm_head.weight)
+
+
+def test_growing_kv_cache_equals_concatenation_without_copying_per_token():
+    """GrowingLayer returns exactly what DynamicLayer's torch.cat would, through batch_select_indices, crop and a
+    growth past its capacity, and writes a decode step's token in place (same buffer, no copy of the cache)."""
+    from transformers.cache_utils import DynamicLayer
+
+    from slide.engine.kv_cache import GrowingLayer
+    g = torch.Generator().manual_seed(0)
+    grow, ref = GrowingLayer(capacity=6), DynamicLayer()
+
+    def step(m):
+        rows = grow.keys.shape[0] if grow.is_initialized else 3
+        k, v = torch.randn(rows, 2, m, 4, generator=g), torch.randn(rows, 2, m, 4, generator=g)
+        got, want = grow.update(k, v), ref.update(k, v)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+    step(4)  # prefill: 4 of 6
+    buffer = grow._k.data_ptr()
+    step(1), step(1)  # 6 of 6: written in place
+    assert grow._k.data_ptr() == buffer and grow.keys.data_ptr() == buffer
+    step(1)  # 7 > 6: grows (to 14) once
+    assert grow._k.shape[-2] == 14 and grow.get_seq_length() == 7
+    for layer in (grow, ref):
+        layer.batch_select_indices(torch.tensor([0, 2]))
+        layer.crop(-2)
+    step(1), step(1)
+    assert grow.keys.shape == (2, 2, 7, 4) and grow.get_seq_length() == ref.get_seq_length() == 7

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
-from transformers import DynamicCache
+
+from slide.engine.kv_cache import growing_cache
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class InProcessEngine:
         logprobs: list[list[float]] = [[] for _ in range(B)]
         finish = ["length"] * B
         live = torch.arange(B, device=dev)  # original row index of each row still generating
-        cache = DynamicCache()
+        cache = growing_cache(capacity=P + params.max_new_tokens)  # no torch.cat of the whole cache per token
         next_ids, next_pos = ids, positions
         for step in range(params.max_new_tokens):
             logits = self.model(input_ids=next_ids, attention_mask=mask, position_ids=next_pos,

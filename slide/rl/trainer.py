@@ -60,6 +60,8 @@ class PolicyTrainer:
         self.router_bias_rate = router_bias_rate
         self.ref_model = ref_model  # only when kl_coef > 0
         self.autocast = autocast  # bf16: mixed-precision forward/backward, fp32 master weights and optimizer
+        # the forward used for training logprobs: the model itself, or a compiled wrapper sharing its parameters
+        self.forward_model = torch.compile(model, dynamic=True) if train.compile else model
         if train.freeze_router:
             for gate in routers(model):
                 gate.weight.requires_grad_(False)
@@ -115,7 +117,7 @@ class PolicyTrainer:
         for mb in self._micro_batches(samples):
             ids, attn, targets, mask, behaviour, start = self._collate(mb)
             with self._autocast():
-                logp = response_logprobs(self.model, ids, attn, targets, start, self.temperature)
+                logp = response_logprobs(self.forward_model, ids, attn, targets, start, self.temperature)
             out.update({id(s): row[:len(s.response_ids)] for s, row in zip(mb, logp)})
         return out
 
@@ -149,7 +151,7 @@ class PolicyTrainer:
             ids, attn, targets, mask, behaviour, start = self._collate(mb)
             adv = torch.tensor([advantages[id(s)] for s in mb], device=ids.device)  # [b]
             with self._autocast():
-                logp = response_logprobs(self.model, ids, attn, targets, start, self.temperature)  # [b, R]
+                logp = response_logprobs(self.forward_model, ids, attn, targets, start, self.temperature)  # [b, R]
             if old_logprobs is None:
                 # One update per rollout batch: the weights that would compute the "old" logprobs are the
                 # current ones, so old = logp.detach() (ratio exactly 1 on this update; saves a forward).
