@@ -214,8 +214,8 @@ def test_an_update_built_from_pieces_equals_one_batch(loss_agg):
     for pieces in ([batch], [batch[:1], batch[1:3], batch[3:]]):
         model = build_model(tiny_config("test", tok), seed=0)
         trainer = PolicyTrainer(model, TrainSpec(lr=1e-3, micro_batch=2), AlgoSpec(loss_agg=loss_agg),
-                                temperature=1.0, pad_id=0, router_bias_rate=0.0)
-        # (router_bias_rate 0: the balance update counts padding tokens too, which differ by split)
+                                temperature=1.0, pad_id=0, router_bias_rate=1e-3)
+        # (the router balance update counts real tokens only: the split's padding must not move the biases)
         # plain SGD: the new weights are the old minus the (clipped) gradient; Adam's first step would turn
         # float noise in a gradient that is zero in exact arithmetic into a step of lr
         trainer.opt = torch.optim.SGD(model.parameters(), lr=1.0)

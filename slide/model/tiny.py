@@ -6,6 +6,8 @@ Every checkpoint is a plain Hugging Face folder that `AutoModelForCausalLM` load
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from transformers import Glm4MoeConfig, Glm4MoeForCausalLM
 
@@ -73,14 +75,27 @@ class ExpertLoad:
         self.gates = routers(model)
         self.counts = [torch.zeros(g.num_experts) for g in self.gates]
         self.enabled = True
+        self._mask: torch.Tensor | None = None  # [batch, seq] of the forward under way: 1 = a real token
         for i, gate in enumerate(self.gates):
             gate.register_forward_hook(self._hook(i))
+
+    @contextmanager
+    def tokens(self, mask: torch.Tensor):
+        """Count only the positions where `mask` ([batch, seq], 1 = a real token, 0 = padding) is set, in the
+        forwards run inside: padding is routed too, and how much of it a batch has depends on how it was cut."""
+        self._mask = mask
+        try:
+            yield
+        finally:
+            self._mask = None
 
     def _hook(self, i):
         def hook(module, args, output):
             if self.enabled and torch.is_grad_enabled():  # count training forwards only
-                idx = output[2].reshape(-1)
-                self.counts[i] += torch.bincount(idx, minlength=module.num_experts).float().cpu()
+                idx = output[2]  # [batch * seq, top_k], row-major over (batch, seq)
+                if self._mask is not None:
+                    idx = idx[self._mask.reshape(-1).to(idx.device).bool()]
+                self.counts[i] += torch.bincount(idx.reshape(-1), minlength=module.num_experts).float().cpu()
         return hook
 
     @torch.no_grad()

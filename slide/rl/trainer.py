@@ -150,7 +150,7 @@ class PolicyTrainer:
         for mb in self._micro_batches(samples):
             ids, attn, targets, mask, behaviour, start = self._collate(mb)
             adv = torch.tensor([advantages[id(s)] for s in mb], device=ids.device)  # [b]
-            with self._autocast():
+            with self._autocast(), self.load.tokens(attn):  # the router balance counts real tokens only
                 logp = response_logprobs(self.forward_model, ids, attn, targets, start, self.temperature)  # [b, R]
             if old_logprobs is None:
                 # One update per rollout batch: the weights that would compute the "old" logprobs are the
