@@ -14,7 +14,7 @@ from slide.model.tokenizer import load_tokenizer
 from slide.weights.buckets import (KEEP_FP32, Bucket, IncompleteSyncError, StaleVersionError, WeightReceiver,
                                    WeightSync, WeightSyncError, encode, encoded_nbytes, make_buckets,
                                    payload_nbytes, plan_buckets)
-from slide.weights.fp8 import Fp8Weight, dequantize_blockwise, error_bound, is_quantizable, quantize_blockwise
+from slide.weights.fp8 import Fp8Weight, error_bound, is_quantizable, quantize_blockwise
 from slide.weights.transport import broadcast_push, broadcast_receive, pack, unpack
 
 MB = 2**20

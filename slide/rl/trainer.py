@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from slide.algo.grpo import AGGREGATIONS, LOSS_DIVISOR, kl_k3, masked_mean, policy_loss, tis_weights
+from slide.algo.grpo import AGGREGATIONS, LOSS_DIVISOR, kl_k3, policy_loss, tis_weights
 from slide.config import AlgoSpec, TrainSpec
 from slide.model.tiny import ExpertLoad, routers
 from slide.rl.sample import Sample
