@@ -30,8 +30,7 @@ class GrowingLayer(DynamicLayer):
         n, m = (self.keys.shape[-2] if self.keys.numel() else 0), key_states.shape[-2]
         # DynamicLayer's own methods replace keys with new tensors (batch_select_indices) or shorter views (crop):
         # the buffers are reused only while keys is still a prefix view of them
-        if (self._k is None or self.keys.data_ptr() != self._k.data_ptr() or self.keys.shape[:2] != self._k.shape[:2]
-                or n + m > self._k.shape[-2]):
+        if self._k is None or self.keys.data_ptr() != self._k.data_ptr() or n + m > self._k.shape[-2]:
             room = max(self.capacity, 2 * (n + m)) if self._k is not None else max(self.capacity, n + m)
             self._k = key_states.new_empty((*key_states.shape[:2], room, key_states.shape[-1]))
             self._v = value_states.new_empty((*value_states.shape[:2], room, value_states.shape[-1]))

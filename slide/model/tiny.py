@@ -75,7 +75,7 @@ class ExpertLoad:
         self.gates = routers(model)
         self.counts = [torch.zeros(g.num_experts) for g in self.gates]
         self.enabled = True
-        self._mask: torch.Tensor | None = None  # [batch, seq] of the forward under way: 1 = a real token
+        self._mask: torch.Tensor | None = None  # [batch * seq] of the forward under way: True = a real token
         for i, gate in enumerate(self.gates):
             gate.register_forward_hook(self._hook(i))
 
@@ -83,7 +83,7 @@ class ExpertLoad:
     def tokens(self, mask: torch.Tensor):
         """Count only the positions where `mask` ([batch, seq], 1 = a real token, 0 = padding) is set, in the
         forwards run inside: padding is routed too, and how much of it a batch has depends on how it was cut."""
-        self._mask = mask
+        self._mask = mask.reshape(-1).bool()  # flattened once, not in every gate's hook
         try:
             yield
         finally:
@@ -94,7 +94,7 @@ class ExpertLoad:
             if self.enabled and torch.is_grad_enabled():  # count training forwards only
                 idx = output[2]  # [batch * seq, top_k], row-major over (batch, seq)
                 if self._mask is not None:
-                    idx = idx[self._mask.reshape(-1).to(idx.device).bool()]
+                    idx = idx[self._mask.to(idx.device)]
                 self.counts[i] += torch.bincount(idx.reshape(-1), minlength=module.num_experts).float().cpu()
         return hook
 

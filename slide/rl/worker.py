@@ -28,7 +28,7 @@ from slide.eval.passk import verifiers
 from slide.model.load import cast_for_compute, load_policy
 from slide.model.tokenizer import load_tokenizer
 from slide.rl.parts import reward_runner, sampling_params
-from slide.weights.buckets import Bucket, WeightReceiver
+from slide.weights.buckets import Bucket, apply_buckets
 from slide.rl.rollout import Rollout
 from slide.tasks import parse_task_specs
 from slide.tasks.base import Problem
@@ -58,11 +58,7 @@ class RolloutWorker:
 
     def load_weights(self, buckets: list[Bucket]) -> int:
         """Apply one version's buckets (rollout.precision: fp8 payloads are dequantized here); returns bytes."""
-        receiver = WeightReceiver(self.engine)
-        for bucket in buckets:
-            receiver.receive(bucket)
-        receiver.finish()
-        return sum(b.nbytes for b in buckets)
+        return apply_buckets(self.engine, buckets)[0]
 
     def rollout(self, problems: list[Problem], first_group: int):
         """(groups, counts: reward failures and engine batches/rows since the last call returned), or None when

@@ -254,11 +254,17 @@ class WeightSync:
     def push(self, model: torch.nn.Module, engine: Engine, version: int) -> dict[str, float]:
         """In-process push of `model`'s weights into `engine` as `version`; returns sync stats."""
         t0 = time.perf_counter()
-        receiver = WeightReceiver(engine)
-        moved = count = 0
-        for bucket in self.buckets(model, version):
-            moved += bucket.nbytes
-            count += 1
-            receiver.receive(bucket)
-        receiver.finish()
+        moved, count = apply_buckets(engine, self.buckets(model, version))
         return {"sync/bytes": moved, "sync/buckets": count, "sync/seconds": time.perf_counter() - t0}
+
+
+def apply_buckets(engine: Engine, buckets: Iterable[Bucket]) -> tuple[int, int]:
+    """Receive one version's buckets into `engine` (applied in one go once complete); returns (bytes, buckets)."""
+    receiver = WeightReceiver(engine)
+    moved = count = 0
+    for bucket in buckets:
+        moved += bucket.nbytes
+        count += 1
+        receiver.receive(bucket)
+    receiver.finish()
+    return moved, count
