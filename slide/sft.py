@@ -51,7 +51,8 @@ def encode_example(tok, problem: Problem, thinking: bool) -> tuple[list[int], li
 def pack(examples: list[tuple[list[int], list[int]]], seq_len: int, pad: int):
     """Greedy first-fit packing of whole examples into rows.
 
-    Returns ids [R, L], labels [R, L] (-100 where not trained), positions [R, L], mask [R, 1, L, L] (bool).
+    Returns ids [R, L], labels [R, L] (-100 where not trained), positions [R, L], mask [R, 1, L, L] (bool)
+    and real [R, L] (bool: an example's token, not padding; the router balance counts only these).
     """
     rows: list[list[tuple[list[int], list[int]]]] = []
     room: list[int] = []
@@ -83,7 +84,7 @@ def pack(examples: list[tuple[list[int], list[int]]], seq_len: int, pad: int):
     causal = torch.tril(torch.ones(L, L, dtype=torch.bool))
     mask = (doc[:, :, None] == doc[:, None, :]) & causal & (doc[:, :, None] >= 0)
     mask |= torch.eye(L, dtype=torch.bool)  # padding rows attend to themselves (no NaN), never trained
-    return ids, labels, pos, mask[:, None]
+    return ids, labels, pos, mask[:, None], doc >= 0
 
 
 class ExampleStream:
@@ -133,10 +134,11 @@ def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
         lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # cosine to 10%, as GLM
         for g in opt.param_groups:
             g["lr"] = lr
-        ids, labels, pos, mask = pack([encode_example(tok, p, cfg.thinking) for p in stream.next(per_batch)],
-                                      cfg.seq_len, tok.pad_token_id)
+        ids, labels, pos, mask, real = pack([encode_example(tok, p, cfg.thinking) for p in stream.next(per_batch)],
+                                            cfg.seq_len, tok.pad_token_id)
         model.train()
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
+        with load.tokens(real):  # the router balance counts the examples' tokens, not the rows' padding
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
