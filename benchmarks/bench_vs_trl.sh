@@ -16,6 +16,6 @@ set -o pipefail
   echo "== slide bench fp32";  .venv/bin/slide bench --model "$MODEL" $ARGS --dtype fp32
   echo "== slide bench bf16";  .venv/bin/slide bench --model "$MODEL" $ARGS --dtype bf16
   echo "== slide bench bf16 compile";  .venv/bin/slide bench --model "$MODEL" $ARGS --dtype bf16 --compile
-  echo "== trl bf16";          .venv-trl/bin/python "$SHARED/bench/trl_grpo.py" "$MODEL" $ARGS --bf16
-  echo "== trl fp32";          .venv-trl/bin/python "$SHARED/bench/trl_grpo.py" "$MODEL" $ARGS
-} 2>&1 | tee "$LOG.full" | grep -E "^(==|bench:|phases|steps=|error|Traceback)" | tee "$LOG"
+  echo "== trl bf16";          peak_rss .venv-trl/bin/python "$SHARED/bench/trl_grpo.py" "$MODEL" $ARGS --bf16
+  echo "== trl fp32";          peak_rss .venv-trl/bin/python "$SHARED/bench/trl_grpo.py" "$MODEL" $ARGS
+} 2>&1 | tee "$LOG.full" | grep -E "^(==|bench:|phases|steps=|peak_rss_mb=|error|Traceback)" | tee "$LOG"

@@ -20,10 +20,10 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 {
   echo "== vllm";      .venv-vllm/bin/python -m slide.bench $ARGS --engine vllm
   echo "== inprocess"; .venv/bin/python -m slide.bench $ARGS --engine inprocess
-  echo "== trl";       .venv-trl/bin/python "$SHARED/bench/trl_grpo.py" "$MODEL" --prompts 8 --gens 8 --len "$LEN" \
+  echo "== trl";       peak_rss .venv-trl/bin/python "$SHARED/bench/trl_grpo.py" "$MODEL" --prompts 8 --gens 8 --len "$LEN" \
                          --steps "$STEPS" $TRL_DTYPE
 } > "$NAME.log" 2>&1
-grep -E "^(==|step [0-9]|bench:|phases|steps=|error)" "$NAME.log"
+grep -E "^(==|step [0-9]|bench:|phases|steps=|peak_rss_mb=|error)" "$NAME.log"
 LOAD_BEFORE="$LOAD_BEFORE" .venv/bin/python - "$NAME" "$HIDDEN" "$LAYERS" "$LEN" "$DTYPE" <<'EOF'
 import json, os, platform, re, subprocess, sys
 name, hidden, layers, length, dtype = sys.argv[1:]
@@ -33,7 +33,7 @@ for line in open(f"{name}.log"):
         current = runs.setdefault(line[3:].strip(), {"step_s": []})
     elif current is not None and (m := re.match(r"step \d+: ([\d.]+) s|\{.*'step_time': '([\d.]+)'", line)):
         current["step_s"].append(float(m[1] or m[2]))  # slide bench's "step N: S s", TRL's log dicts
-    elif current is not None and line.startswith(("bench:", "phases", "steps=")):
+    elif current is not None and line.startswith(("bench:", "phases", "steps=", "peak_rss_mb=")):
         current.update({k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)})
 version = lambda venv, pkg: subprocess.run([f"{venv}/bin/python", "-c", f"import {pkg}; print({pkg}.__version__)"],
                                            capture_output=True, text=True).stdout.strip()
@@ -44,5 +44,5 @@ result = {"workload": {"hidden": int(hidden), "layers": int(layers), "prompts": 
           "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                       "loadavg_before": os.environ["LOAD_BEFORE"], "loadavg_after": open("/proc/loadavg").read()[:14]}}
 json.dump(result, open(f"{name}.json", "w"), indent=1)
-print(json.dumps({k: {m: v.get(m) for m in ("step_s_median", "gen_tok_s", "gen_tok_per_s")} for k, v in runs.items()}))
+print(json.dumps({k: {m: v.get(m) for m in ("step_s_median", "gen_tok_s", "gen_tok_per_s", "peak_rss_mb")} for k, v in runs.items()}))
 EOF

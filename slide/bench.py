@@ -62,7 +62,8 @@ def run_bench(a) -> dict:
     else:
         engine = make_engine("inprocess", policy, pad, a.dtype)  # rollout copy at rollout precision
     sync = WeightSync(precision=a.dtype, bucket_mb=256)
-    train = TrainSpec(lr=1e-5, micro_batch=a.prompts * a.gens, compile=getattr(a, "compile", False))
+    train = TrainSpec(lr=1e-5, micro_batch=a.prompts * a.gens, compile=getattr(a, "compile", False),
+                      gradient_checkpointing=getattr(a, "grad_ckpt", False))
     trainer = PolicyTrainer(policy, train, AlgoSpec(),
                             temperature=1.0, pad_id=pad, router_bias_rate=0.0, autocast=dtype)
     params = SamplingParams(temperature=1.0, max_new_tokens=a.len, min_new_tokens=a.len,
@@ -104,7 +105,7 @@ def run_bench(a) -> dict:
               **{f"{k}_s_median": med[k] for k in ("generate", "logprobs", "train", "sync")}}
     print(f"phases (median s): generate={med['generate']:.3f} logprobs=0.000 (fused into the train forward) "
           f"train={med['train']:.3f} sync={med['sync']:.3f}  dtype={a.dtype} engine={kind} "
-          f"threads={torch.get_num_threads()} compile={train.compile}")
+          f"threads={torch.get_num_threads()} compile={train.compile} grad_ckpt={train.gradient_checkpointing}")
     print(f"bench: step_s_median={med['step']:.3f} gen_tok_s={tokens / med['generate']:.0f} "
           f"peak_rss_mb={result['peak_rss_mb']:.0f}")
     return result

@@ -128,6 +128,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                         help="training autocast and rollout precision (bf16: engine weights and compute in bf16)")
     parser.add_argument("--compile", action="store_true", help="train.compile: torch.compile the training forward")
+    parser.add_argument("--grad-ckpt", action="store_true",
+                        help="train.gradient_checkpointing: recompute activations in backward (less memory)")
     parser.add_argument("--engine", choices=ENGINES, default="inprocess",
                         help="rollout engine: inprocess (default) or vllm (needs .venv-vllm: scripts/setup_vllm.sh)")
 

@@ -46,6 +46,10 @@ class TrainSpec(Section):
                                              "the elementwise ops; pays off on larger dense models (1.2-1.5x per "
                                              "update on the 25M benchmark model in bf16), not on the tiny MoE "
                                              "sizes; costs ~1 min of compilation at the first update")
+    gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in the backward "
+                                                            "pass instead of keeping them: less memory for "
+                                                            "long or many sequences, about one more forward of "
+                                                            "compute (TRL's GRPOTrainer default)")
 
 
 class RolloutSpec(Section):

@@ -11,18 +11,16 @@ def test_counts_real_tokens_only_and_only_in_training_forwards():
     top_k = model.config.num_experts_per_tok
     ids = torch.tensor([[1, 2, 4, 18, 30], [1, 2, 4, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])  # 8 real tokens, 2 padding
-    with torch.no_grad():
+    with torch.no_grad(), load.tokens(mask):
         model(input_ids=ids, attention_mask=mask)
     assert all(c.sum() == 0 for c in load.counts)  # evaluation and rollout forwards are not counted
-    model(input_ids=ids, attention_mask=mask)
-    assert [int(c.sum()) for c in load.counts] == [10 * top_k] * len(load.counts)  # unmasked: padding too
-    for c in load.counts:
-        c.zero_()
     with load.tokens(mask):
         model(input_ids=ids, attention_mask=mask)
     assert [int(c.sum()) for c in load.counts] == [8 * top_k] * len(load.counts)
-    model(input_ids=ids, attention_mask=mask)  # the mask applies inside the `with` only
-    assert [int(c.sum()) for c in load.counts] == [18 * top_k] * len(load.counts)
+    # outside tokens() nothing is counted: that is where gradient checkpointing recomputes a layer's
+    # forward during the backward pass (tests/test_rl.py checks that case end to end)
+    model(input_ids=ids, attention_mask=mask)
+    assert [int(c.sum()) for c in load.counts] == [8 * top_k] * len(load.counts)
 
 
 def test_bias_moves_toward_under_loaded_experts_by_the_rate():

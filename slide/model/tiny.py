@@ -81,8 +81,9 @@ class ExpertLoad:
 
     @contextmanager
     def tokens(self, mask: torch.Tensor):
-        """Count only the positions where `mask` ([batch, seq], 1 = a real token, 0 = padding) is set, in the
-        forwards run inside: padding is routed too, and how much of it a batch has depends on how it was cut."""
+        """Count the positions where `mask` ([batch, seq], 1 = a real token, 0 = padding) is set, in the training
+        forwards run inside (nothing is counted outside): padding is routed too, and how much of it a batch has
+        depends on how it was cut."""
         self._mask = mask.reshape(-1).bool()  # flattened once, not in every gate's hook
         try:
             yield
@@ -91,10 +92,11 @@ class ExpertLoad:
 
     def _hook(self, i):
         def hook(module, args, output):
-            if self.enabled and torch.is_grad_enabled():  # count training forwards only
+            # training forwards inside tokens() only: not evaluation, nor the recomputation of a layer's
+            # forward in the backward pass under gradient checkpointing (it would count every token twice)
+            if self.enabled and self._mask is not None and torch.is_grad_enabled():
                 idx = output[2]  # [batch * seq, top_k], row-major over (batch, seq)
-                if self._mask is not None:
-                    idx = idx[self._mask.to(idx.device)]
+                idx = idx[self._mask.to(idx.device)]
                 self.counts[i] += torch.bincount(idx.reshape(-1), minlength=module.num_experts).float().cpu()
         return hook
 

