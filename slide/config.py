@@ -43,9 +43,10 @@ class TrainSpec(Section):
                             "(GLM's BF16 training); fast where bf16 matmuls are native (GPUs, CPUs with AMX), "
                             "slower than fp32 on the tiny models here and on CPUs without native bf16")
     compile: bool = Field(False, description="torch.compile the trainer's forward/backward (dynamic shapes): fuses "
-                                             "the elementwise ops; pays off on larger dense models (1.2-1.5x per "
-                                             "update on the 25M benchmark model in bf16), not on the tiny MoE "
-                                             "sizes; costs ~1 min of compilation at the first update")
+                                             "the elementwise ops and, on a CPU, runs eager attention there (the CPU "
+                                             "flash-attention backward is slow in bf16); pays off on larger dense "
+                                             "models (~1.6x per update on the 25M benchmark model in bf16), not on "
+                                             "the tiny MoE sizes; costs ~1 min of compilation at the first update")
     gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in the backward "
                                                             "pass instead of keeping them: less memory for "
                                                             "long or many sequences, about one more forward of "

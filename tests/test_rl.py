@@ -274,3 +274,41 @@ def test_gradient_checkpointing_gives_the_same_update_and_expert_counts():
         torch.testing.assert_close(ckpt[name], tensor, rtol=1e-5, atol=1e-7)
     assert any(not torch.equal(tensor, build_model(tiny_config("test", tok), seed=0).state_dict()[name])
                for name, tensor in ckpt.items())  # the step did move the weights
+
+
+def test_compiled_training_matches_eager_and_keeps_the_models_attention():
+    """train.compile: the compiled update (eager attention inside it, on a CPU) equals the plain one up to
+    float reassociation, and the switch holds only inside the trainer's forward: afterwards the policy, and an
+    engine copied from it, use the model's own attention implementation. (A 2-layer dense Qwen2: the switch is
+    the model's attention, and the MoE test model takes ~100 s to compile.)"""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from slide.config import AlgoSpec, TrainSpec
+    from slide.engine import make_engine
+    from slide.rl.sample import Sample
+    from slide.rl.trainer import PolicyTrainer
+    from slide.tasks.base import Problem
+
+    config = Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    prob = Problem(prompt="q", answer="1", family="f", level=1)
+    batch = [Sample([1, 2, 4, 18, 30][:k], resp, [1] * len(resp), [-1.5] * len(resp), 0, prob, 0)
+             for k, resp in ((5, [40, 41, 42]), (4, [50, 51]), (5, [43, 44, 45, 46]))]
+    advantages = {id(s): a for s, a in zip(batch, (1.0, -1.0, 0.5))}
+    trained = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(config)
+        own = model.config._attn_implementation
+        trainer = PolicyTrainer(model, TrainSpec(lr=1e-3, micro_batch=4, compile=compiled), AlgoSpec(),
+                                temperature=1.0, pad_id=0, router_bias_rate=0.0)
+        trainer.opt = torch.optim.SGD(model.parameters(), lr=1.0)  # the update is the (clipped) gradient itself
+        stats = trainer.step(batch, advantages)
+        assert trainer._attention == ("eager" if compiled else None) and own == "sdpa"
+        assert model.config._attn_implementation == own
+        assert make_engine("inprocess", model, 0).model.config._attn_implementation == own
+        trained.append((model.state_dict(), stats))
+    (plain, a), (comp, b) = trained
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+    for name, tensor in plain.items():
+        torch.testing.assert_close(comp[name], tensor, rtol=1e-4, atol=1e-5)
