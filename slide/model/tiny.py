@@ -74,7 +74,6 @@ class ExpertLoad:
     def __init__(self, model):
         self.gates = routers(model)
         self.counts = [torch.zeros(g.num_experts) for g in self.gates]
-        self.enabled = True
         self._mask: torch.Tensor | None = None  # [batch * seq] of the forward under way: True = a real token
         for i, gate in enumerate(self.gates):
             gate.register_forward_hook(self._hook(i))
@@ -94,7 +93,7 @@ class ExpertLoad:
         def hook(module, args, output):
             # training forwards inside tokens() only: not evaluation, nor the recomputation of a layer's
             # forward in the backward pass under gradient checkpointing (it would count every token twice)
-            if self.enabled and self._mask is not None and torch.is_grad_enabled():
+            if self._mask is not None and torch.is_grad_enabled():
                 idx = output[2]  # [batch * seq, top_k], row-major over (batch, seq)
                 idx = idx[self._mask.to(idx.device)]
                 self.counts[i] += torch.bincount(idx.reshape(-1), minlength=module.num_experts).float().cpu()

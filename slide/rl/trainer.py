@@ -92,15 +92,16 @@ class PolicyTrainer:
     def _compute(self):
         """The trainer's forward: autocast at train.precision, and the attention implementation picked above."""
         device = next(self.model.parameters()).device.type
-        config = self.model.config
+        config, switch = self.model.config, self._attention  # switch None: the config is left alone
         own = config._attn_implementation
-        if self._attention is not None:
-            config._attn_implementation = self._attention
+        if switch:
+            config._attn_implementation = switch
         try:
             with torch.autocast(device, dtype=self.autocast, enabled=self.autocast != torch.float32):
                 yield
         finally:
-            config._attn_implementation = own
+            if switch:
+                config._attn_implementation = own
 
     def _micro_batches(self, samples: list[Sample]):
         mb = self.train_cfg.micro_batch
