@@ -20,8 +20,9 @@ from slide.engine.inprocess import SamplingParams
 from slide.model.load import load_model
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def workload(description: str):
+    """The command line both engine A/B benchmarks share: (args, bf16-or-fp32 engine, sampling params, prompts)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--model", required=True)
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16")
     ap.add_argument("--prompts", type=int, default=8)
@@ -36,6 +37,11 @@ def main() -> None:
     params = SamplingParams(temperature=1.0, max_new_tokens=a.len, min_new_tokens=a.len,
                             stop_token_ids=tuple(t for t in [tok.eos_token_id] if t is not None))
     prompts = [tok.encode(f"{10 + i}+{20 + i}=", add_special_tokens=False) for i in range(a.prompts)]
+    return a, engine, params, prompts
+
+
+def main() -> None:
+    a, engine, params, prompts = workload(__doc__.splitlines()[0])
     caches = {"growing": inprocess.growing_cache, "dynamic": lambda capacity: DynamicCache()}
     seconds: dict[str, list[float]] = {k: [] for k in caches}
     outputs = {}

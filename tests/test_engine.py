@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from slide.engine.inprocess import InProcessEngine, SamplingParams, sample_token
+from slide.engine.packed import PackedLinears
 from slide.model.tiny import build_model, tiny_config
 from slide.model.tokenizer import load_tokenizer, stop_token_ids
 
@@ -139,3 +140,35 @@ def test_growing_kv_cache_equals_concatenation_without_copying_per_token():
         layer.crop(-2)
     step(1), step(1)
     assert grow.keys.shape == (2, 2, 7, 4) and grow.get_seq_length() == ref.get_seq_length() == 7
+
+
+@pytest.mark.skipif(not PackedLinears(torch.nn.Linear(2, 2).bfloat16()).enabled, reason="no bf16 oneDNN on this CPU")
+def test_packed_bf16_linears_follow_in_place_weight_changes_and_leave_no_trace(model, tok):
+    """bf16 on a CPU the engine's linears run on oneDNN-packed weights inside generate only: the same answers as
+    F.linear up to bf16 rounding, repacked after load_weights, and outside generate nn.Linear's own forward
+    (autograd included)."""
+    from slide.model.load import cast_for_compute
+    eng = InProcessEngine(cast_for_compute(copy.deepcopy(model), torch.bfloat16), tok.pad_token_id)
+    assert eng.packed.enabled and len(eng.packed.layers) >= 4 * 4  # q, k, v, o of every layer at least
+    layer = eng.packed.layers[0]
+    x = torch.randn(5, 3, layer.in_features).bfloat16()
+    with eng.packed.active(batch_hint=5):
+        assert "forward" in vars(layer)
+        packed = layer(x)
+    assert "forward" not in vars(layer)  # nn.Linear.forward again
+    assert torch.allclose(packed.float(), layer(x).float(), rtol=1e-2, atol=1e-2)
+    # generate's logprobs = a full bf16 forward's up to bf16 rounding, before and after an in-place update
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, min_new_tokens=8)
+    trained = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    for version in (0, 1):
+        if version:
+            eng.load_weights(cast_for_compute(trained, torch.bfloat16).state_dict().items(), version=1)
+        out = eng.generate(PROMPTS[:1], params, generator=torch.Generator().manual_seed(0))[0][0]
+        with torch.no_grad():
+            ref = full_forward_logprobs(eng.model, PROMPTS[0], out.tokens, 1.0)
+        assert (ref - torch.tensor(out.logprobs)).abs().max() < 0.05
+    layer.weight.requires_grad_(True)
+    assert torch.autograd.grad(layer(x).float().sum(), layer.weight)[0].shape == layer.weight.shape

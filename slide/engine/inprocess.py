@@ -16,6 +16,7 @@ from typing import Iterable
 import torch
 
 from slide.engine.kv_cache import growing_cache
+from slide.engine.packed import PackedLinears
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class InProcessEngine:
         self.pad = pad_token_id
         self.max_batch = max_batch
         self.version = 0
+        self.packed = PackedLinears(self.model)  # bf16 on a CPU: oneDNN weights packed once per version
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1,
@@ -78,8 +80,9 @@ class InProcessEngine:
         """For each prompt, n completions (prompt-major: result[i][j] is sample j of prompt i)."""
         flat = [p for p in prompts for _ in range(n)]
         out: list[Completion] = []
-        for start in range(0, len(flat), self.max_batch):
-            out += self._generate_batch(flat[start:start + self.max_batch], params, generator)
+        with self.packed.active(batch_hint=min(len(flat), self.max_batch)):
+            for start in range(0, len(flat), self.max_batch):
+                out += self._generate_batch(flat[start:start + self.max_batch], params, generator)
         return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator) -> list[Completion]:
