@@ -153,7 +153,9 @@ def test_packed_bf16_linears_follow_in_place_weight_changes_and_leave_no_trace(m
     layer = eng.packed.layers[0]
     x = torch.randn(5, 3, layer.in_features).bfloat16()
     with eng.packed.active(batch_hint=5):
-        assert "forward" in vars(layer)
+        with eng.packed.active(batch_hint=5):  # another thread's generate, say
+            assert "forward" in vars(layer)
+        assert "forward" in vars(layer)  # still packed until the last caller leaves
         packed = layer(x)
     assert "forward" not in vars(layer)  # nn.Linear.forward again
     assert torch.allclose(packed.float(), layer(x).float(), rtol=1e-2, atol=1e-2)

@@ -16,6 +16,7 @@ in place (the engine's load_weights, or anything else) is noticed by its tensor 
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -35,6 +36,7 @@ class PackedLinears:
         self.enabled = bool(self.layers) and _bf16_onednn()
         self._packed: list[torch.Tensor | None] = [None] * len(self.layers)  # oneDNN-layout copies
         self._keys: list[tuple[int, int] | None] = [None] * len(self.layers)  # (data_ptr, version) when packed
+        self._lock, self._depth = threading.Lock(), 0  # generate calls inside active() right now
 
     def _refresh(self, batch_hint: int) -> int:
         """Pack every layer whose weight changed since it was last packed; returns how many were packed."""
@@ -56,15 +58,22 @@ class PackedLinears:
 
     @contextmanager
     def active(self, batch_hint: int):
-        """Within: every bf16 nn.Linear of the model computes with its packed weight (no autograd)."""
+        """Within: every bf16 nn.Linear of the model computes with its packed weight (no autograd). Re-entrant and
+        thread-safe: the first caller in packs and installs the forwards, the last one out removes them."""
         if not self.enabled:
             yield
             return
-        self._refresh(batch_hint)
-        for i, m in enumerate(self.layers):
-            m.forward = self._forward(i)  # an instance attribute shadows nn.Linear.forward
+        with self._lock:
+            if self._depth == 0:
+                self._refresh(batch_hint)
+                for i, m in enumerate(self.layers):
+                    m.forward = self._forward(i)  # an instance attribute shadows nn.Linear.forward
+            self._depth += 1
         try:
             yield
         finally:
-            for m in self.layers:
-                del m.forward  # back to nn.Linear.forward
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    for m in self.layers:
+                        del m.forward  # back to nn.Linear.forward
