@@ -2,6 +2,7 @@
 load_weights(named_tensors, version) in place, and `version`, the policy version of the weights held.
 
 inprocess.py     InProcessEngine: batched KV-cache sampling with the HF model, in this process (the default)
+packed.py        PackedLinears: its bf16 linears on oneDNN-packed weights on a CPU (kv_cache.py: its KV cache)
 vllm_engine.py   VLLMEngine: vLLM in this process (optional extra: bash scripts/setup_vllm.sh -> .venv-vllm)
 batching.py      BatchingEngine: wraps either; concurrent generate calls share one engine call (async workers)
 """
