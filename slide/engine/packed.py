@@ -2,7 +2,7 @@
 
 A bf16 `F.linear` on a CPU runs oneDNN's matmul, which re-lays-out (packs) the weight for the matrix
 units on every call: at decode sizes (64 rows x 512 -> 1536) a large part of the call. Packing each weight
-once per weight version and calling oneDNN's linear on the packed copy is 1.3-1.5x faster per call and the
+once per weight version and calling oneDNN's linear on the packed copy is 1.1-1.6x faster per call and the
 engine's generate ~0.9x the time (25M benchmark model, bf16, AMX; `benchmarks/packed_linear.py`). The
 numbers agree with F.linear to bf16 rounding (the bias is added inside the kernel: one rounding, not two):
 over 64 x 64 sampled tokens of that model, logprobs differ by 0.001 nats on average (max 0.014).
@@ -38,16 +38,13 @@ class PackedLinears:
         self._keys: list[tuple[int, int] | None] = [None] * len(self.layers)  # (data_ptr, version) when packed
         self._lock, self._depth = threading.Lock(), 0  # generate calls inside active() right now
 
-    def _refresh(self, batch_hint: int) -> int:
-        """Pack every layer whose weight changed since it was last packed; returns how many were packed."""
-        n = 0
+    def _refresh(self, batch_hint: int) -> None:
+        """Pack every layer whose weight changed (in place, or replaced) since it was last packed."""
         for i, m in enumerate(self.layers):
             key = (m.weight.data_ptr(), m.weight._version)
             if self._keys[i] != key:
                 self._packed[i] = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), batch_hint)
                 self._keys[i] = key
-                n += 1
-        return n
 
     def _forward(self, i: int):
         layer, packed = self.layers[i], self._packed[i]
