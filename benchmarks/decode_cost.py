@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoModelForCausalLM
 
-from slide.engine import DTYPES, make_engine
+from slide.engine import DTYPES, make_engine, set_threads
 from slide.engine.inprocess import SamplingParams
 
 
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    set_threads(a.threads)  # no call when torch already uses that many (slide.engine)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
     profile_generate(model, a.dtype, a.len)
     pieces(model.config, DTYPES[a.dtype])

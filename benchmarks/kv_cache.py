@@ -15,7 +15,7 @@ import torch
 from transformers import AutoTokenizer, DynamicCache
 
 import slide.engine.inprocess as inprocess
-from slide.engine import make_engine
+from slide.engine import make_engine, set_threads
 from slide.engine.inprocess import SamplingParams
 from slide.model.load import load_model
 
@@ -31,7 +31,7 @@ def workload(description: str):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    set_threads(a.threads)  # no call when torch already uses that many (slide.engine)
     tok = AutoTokenizer.from_pretrained(a.model)
     engine = make_engine("inprocess", load_model(a.model, "--model"), tok.pad_token_id or 0, a.dtype)
     params = SamplingParams(temperature=1.0, max_new_tokens=a.len, min_new_tokens=a.len,

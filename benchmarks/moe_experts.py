@@ -15,6 +15,8 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
+from slide.engine import set_threads
+
 
 def active_params(config) -> int:
     """Parameters a token touches: attention, the dense layers' MLP, shared + top-k routed experts, embeddings."""
@@ -34,7 +36,7 @@ def main() -> None:
     ap.add_argument("--len", type=int, default=80)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    set_threads(a.threads)  # no call when torch already uses that many (slide.engine)
     ids = torch.randint(5, 100, (a.batch, a.len), generator=torch.Generator().manual_seed(0))
     for impl in ("grouped_mm", "eager", "batched_mm"):
         model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, experts_implementation=impl)

@@ -12,8 +12,7 @@ import argparse
 import copy
 import statistics
 
-import torch
-
+from slide.engine import set_threads
 from slide.engine.inprocess import InProcessEngine
 from slide.model.tiny import build_model, tiny_config
 from slide.model.tokenizer import load_tokenizer
@@ -27,7 +26,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)  # no call when torch already uses that many (slide.engine)
     tok = load_tokenizer()
     print(f"{'size':<6} {'params':>7} {'precision':<9} {'MiB':>8} {'buckets':>7} {'seconds':>8}")
     for size in args.sizes:

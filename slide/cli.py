@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from slide.engine import ENGINES
+from slide.engine import ENGINES, set_threads
 from slide.errors import UserError
 from slide.preflight import check_inputs
 
@@ -36,11 +35,6 @@ def _config_args(a) -> tuple[str | None, list[str]]:
     return a.config, list(a.overrides)
 
 
-def _threads(n: int) -> None:
-    import torch
-    torch.set_num_threads(n or os.cpu_count() or 1)
-
-
 def _quiet() -> None:
     import transformers
     transformers.utils.logging.set_verbosity_error()
@@ -54,7 +48,7 @@ def cmd_sft(a) -> None:
     from slide.rundir import RunDir
     cfg = load_config(SFTConfig, *_config_args(a))
     check_inputs([cfg.data], cfg.model.init)
-    _threads(cfg.threads)
+    set_threads(cfg.threads)
     run_dir = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg))
     with StepProgress("sft", cfg.steps, ["loss", "eval_pass@1"]) as bar:
         result = sft.run(cfg, run_dir, progress=bar.update)
@@ -75,7 +69,7 @@ def cmd_rl(a) -> None:
         cfg = load_config(RLConfig, *_config_args(a))
         check_inputs([cfg.data.train, cfg.data.eval], cfg.model.init)
         run_dir, ckpt = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg)), None
-    _threads(cfg.threads)
+    set_threads(cfg.threads)
     with StepProgress("rl", cfg.steps, ["reward_mean", "eval_pass@1"], start=0 if ckpt is None else
                       int(ckpt.name.split("_")[-1])) as bar:
         if cfg.mode == "async":
@@ -100,7 +94,7 @@ def cmd_eval(a) -> None:
     from slide.tasks import parse_task_specs
     if a.k < 1:
         raise UserError(f"--k must be >= 1, got {a.k}")
-    _threads(0)
+    set_threads(0)
     model = load_model(a.model, "--model")
     tok = load_tokenizer(a.model if (Path(a.model) / "tokenizer.json").is_file() else None)
     specs = parse_task_specs(a.data)

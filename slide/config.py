@@ -183,7 +183,7 @@ class RLConfig(Section):
     steps: int = Field(50, ge=1)
     eval_every: int = Field(10, ge=0, description="0 = only at the end")
     save_every: int = Field(10, ge=1)
-    threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
+    threads: int = Field(0, ge=0, description="torch threads; 0 = torch's default (one per physical core)")
     mode: Literal["sync", "async"] = Field("sync", description="sync: colocated, alternating; async: Ray workers")
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()

@@ -2,9 +2,10 @@
 import os
 
 import pytest
-import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+from slide.engine import set_threads
+
+set_threads(min(2, os.cpu_count() or 1))  # no call when torch already uses that many (slide.engine)
 
 
 @pytest.fixture(scope="session")

@@ -174,3 +174,17 @@ def test_packed_bf16_linears_follow_in_place_weight_changes_and_leave_no_trace(m
         assert (ref - torch.tensor(out.logprobs)).abs().max() < 0.05
     layer.weight.requires_grad_(True)
     assert torch.autograd.grad(layer(x).float().sum(), layer.weight)[0].shape == layer.weight.shape
+
+
+def test_set_threads_calls_torch_only_to_change_the_count(monkeypatch):
+    """An explicit torch.set_num_threads, even to the current count, slowed the CPU flash-attention decode kernel 2x;
+    set_threads(0) leaves torch's default alone and set_threads(n) calls torch only when n differs."""
+    from slide.engine import set_threads
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    now = torch.get_num_threads()
+    set_threads(0)
+    set_threads(now)
+    assert calls == []
+    set_threads(now + 1)
+    assert calls == [now + 1]

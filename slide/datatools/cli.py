@@ -12,7 +12,6 @@ summary line; bad input raises slide.errors.UserError (one line `error: ...`, ex
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from slide.datatools.dedup import dedup_rows
@@ -35,6 +34,7 @@ def cmd_measure(a) -> None:
 
     from slide.datatools.pass_rates import measure, with_measurements
     from slide.datatools.problems import row_problems, row_verifiers
+    from slide.engine import set_threads
     from slide.engine.inprocess import InProcessEngine
     from slide.model.load import load_model
     from slide.model.tokenizer import load_tokenizer
@@ -50,7 +50,7 @@ def cmd_measure(a) -> None:
     problems = row_problems(rows, a.inp)
     model = load_model(a.model, "--model")
     tok = load_tokenizer(a.model if (Path(a.model) / "tokenizer.json").is_file() else None)
-    torch.set_num_threads(os.cpu_count() or 1)
+    set_threads(0)
     with StepProgress("measure", len(problems), ["pass_rate"]) as bar:
         stats = measure(InProcessEngine(model, tok.pad_token_id), tok, problems, row_verifiers(), a.k,
                         temperature=a.temperature, max_new_tokens=a.max_new_tokens,

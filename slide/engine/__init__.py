@@ -28,6 +28,17 @@ def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", se
                            pad_token_id=pad_token_id)
 
 
+def set_threads(n: int) -> None:
+    """Torch threads for this process. n > 0: that many; 0: torch's default (one per physical core), untouched.
+
+    No call is made unless the count changes: an explicit torch.set_num_threads, even to the count torch already
+    uses, made the CPU flash-attention decode kernel ~2x slower on this project's 2-core machines (one decode call in
+    isolation 590-660 vs 310 us; inside a bf16 generate of the 25M benchmark model 0.78 vs 0.52-0.55 s of attention,
+    the matrix products unchanged); OMP_NUM_THREADS set before start does not slow it."""
+    if n and n != torch.get_num_threads():
+        torch.set_num_threads(n)
+
+
 def compute_dtype(precision: str) -> str:
     """The dtype an engine holds and computes in for rollout weights pushed at `precision`."""
     return "fp32" if precision == "fp32" else "bf16"

@@ -21,7 +21,7 @@ import ray
 import torch
 
 from slide.config import RLConfig
-from slide.engine import DTYPES, compute_dtype
+from slide.engine import DTYPES, compute_dtype, set_threads
 from slide.engine.batching import BatchingEngine
 from slide.engine.inprocess import InProcessEngine
 from slide.eval.passk import verifiers
@@ -41,7 +41,7 @@ class Aborted(Exception):
 class RolloutWorker:
     def __init__(self, index: int, cfg: dict, buckets: list[Bucket]):
         cfg = RLConfig.model_validate(cfg)
-        torch.set_num_threads(cfg.disagg.worker_threads)
+        set_threads(cfg.disagg.worker_threads)  # no call when torch already uses that many (slide.engine)
         tok = load_tokenizer()
         model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)  # the architecture; weights follow
         model = cast_for_compute(model, DTYPES[compute_dtype(cfg.rollout.precision)])  # as make_engine's engines
