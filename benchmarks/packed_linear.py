@@ -2,7 +2,7 @@
 
     python benchmarks/packed_linear.py --model DIR [--prompts 8 --gens 8 --len 128 --reps 3 --threads 2]
 
-Prints, for each of the model's linear shapes at the decode batch, the microseconds of F.linear and of the
+Prints, for each of the model's linear shapes at the decode batch, the median microseconds of F.linear and of the
 packed oneDNN call; then seconds per generate call with packing on and off (interleaved, same sampling seed)
 and whether the two produced the same tokens and logprobs.
 """
@@ -12,16 +12,8 @@ import statistics
 import time
 
 import torch
+from decode_cost import median_us  # benchmarks/decode_cost.py: median of repeated calls, in us
 from kv_cache import workload  # benchmarks/kv_cache.py: the same command line and workload
-
-
-def _per_call_us(fn, calls: int = 200) -> float:
-    for _ in range(10):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls * 1e6
 
 
 def linear_shapes(engine, rows: int) -> None:
@@ -30,8 +22,8 @@ def linear_shapes(engine, rows: int) -> None:
         x = torch.randn(rows, 1, k).bfloat16()
         w, b = torch.randn(n, k).bfloat16(), (torch.randn(n).bfloat16() if bias else None)
         packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
-        plain = _per_call_us(lambda: torch.nn.functional.linear(x, w, b))
-        fast = _per_call_us(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""))
+        plain = median_us(lambda: torch.nn.functional.linear(x, w, b))
+        fast = median_us(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""))
         print(f"linear {rows}x{k}->{n}{' +bias' if bias else ''}: F.linear {plain:.0f} us, packed {fast:.0f} us "
               f"({plain / fast:.2f}x)")
 

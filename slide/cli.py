@@ -94,7 +94,6 @@ def cmd_eval(a) -> None:
     from slide.tasks import parse_task_specs
     if a.k < 1:
         raise UserError(f"--k must be >= 1, got {a.k}")
-    set_threads(0)
     model = load_model(a.model, "--model")
     tok = load_tokenizer(a.model if (Path(a.model) / "tokenizer.json").is_file() else None)
     specs = parse_task_specs(a.data)

@@ -34,7 +34,6 @@ def cmd_measure(a) -> None:
 
     from slide.datatools.pass_rates import measure, with_measurements
     from slide.datatools.problems import row_problems, row_verifiers
-    from slide.engine import set_threads
     from slide.engine.inprocess import InProcessEngine
     from slide.model.load import load_model
     from slide.model.tokenizer import load_tokenizer
@@ -50,7 +49,6 @@ def cmd_measure(a) -> None:
     problems = row_problems(rows, a.inp)
     model = load_model(a.model, "--model")
     tok = load_tokenizer(a.model if (Path(a.model) / "tokenizer.json").is_file() else None)
-    set_threads(0)
     with StepProgress("measure", len(problems), ["pass_rate"]) as bar:
         stats = measure(InProcessEngine(model, tok.pad_token_id), tok, problems, row_verifiers(), a.k,
                         temperature=a.temperature, max_new_tokens=a.max_new_tokens,
