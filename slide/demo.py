@@ -1,6 +1,6 @@
 """The CPU demo: cold-start SFT -> GRPO -> held-out evaluation, on the demo-size tiny GLM.
 
-    slide demo                 # ~11 min on 2 cores; writes runs/demo/{sft,rl,summary.json,curves.png}
+    slide demo                 # 11-13 min on 2 cores; writes runs/demo/{sft,rl,summary.json,curves.png}
     slide demo --quick         # test-size model, a few steps: a smoke test of the whole path
 
 Why RL here: SFT is stopped early on purpose (held-out pass@1 0.2), and RL then trains on fresh prompts with
