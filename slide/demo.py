@@ -1,6 +1,6 @@
 """The CPU demo: cold-start SFT -> GRPO -> held-out evaluation, on the demo-size tiny GLM.
 
-    slide demo                 # 11-13 min on 2 cores; writes runs/demo/{sft,rl,summary.json,curves.png}
+    slide demo                 # 11-15 min on 2 cores; writes runs/demo/{sft,rl,summary.json,curves.png}
     slide demo --quick         # test-size model, a few steps: a smoke test of the whole path
 
 Why RL here: SFT is stopped early on purpose (held-out greedy pass@1 0.25, inside SFT's jump: demo_sft.yaml), and
@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from slide.config import RLConfig, SFTConfig, dump_config, load_config
-from slide.eval.table import print_eval
+from slide.eval.table import print_before_after, print_eval
 from slide.progress import StepProgress
 from slide.rundir import RunDir
 
@@ -74,13 +74,13 @@ def run_demo(out: str, quick: bool = False) -> dict:
     with StepProgress("2/2 GRPO", rl_cfg.steps, ["reward_mean", "eval_pass@1"]) as bar:
         after = sync.run(rl_cfg, rl_dir, progress=bar.update)
     rl_dir.close()
-    print_eval(after, title="after RL")
+    print_before_after(before, after, ("SFT", "RL"), title="held-out, before and after RL")
     rl_evals = _read(rl_dir.path / "eval.jsonl")
     last3 = [e["summary"]["pass@1"] for e in rl_evals[-3:]]
     summary = {
         "sft_pass@1": before["summary"]["pass@1"],
         "rl_pass@1": after["summary"]["pass@1"],
-        "rl_gain_points": 100 * (after["summary"]["pass@1"] - before["summary"]["pass@1"]),
+        "rl_gain_points": round(100 * (after["summary"]["pass@1"] - before["summary"]["pass@1"]), 2),
         "rl_pass@1_last3_mean": sum(last3) / len(last3),
         "sft_steps": len(_read(sft_dir.path / "metrics.jsonl")),
         "rl_steps": rl_cfg.steps,
