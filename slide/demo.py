@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from statistics import fmean
 from importlib import resources
 from pathlib import Path
 
@@ -34,10 +35,14 @@ def _plot(rl_metrics: list[dict], rl_evals: list[dict], sft_evals: list[dict], o
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.plot([m["step"] for m in rl_metrics], [m["reward_mean"] for m in rl_metrics], label="train reward (mean)")
+    steps, reward = [m["step"] for m in rl_metrics], [m["reward_mean"] for m in rl_metrics]
+    a.plot(steps, reward, color="C0", alpha=0.3, lw=0.8, label="train reward (batch mean)")
+    w = 10  # the batch mean swings +-0.1 from step to step: a trailing mean shows the trend
+    trend = [fmean(reward[max(0, i - w + 1):i + 1]) for i in range(len(reward))]
+    a.plot(steps, trend, color="C0", lw=2, label=f"train reward ({w}-step mean)")
     start = sft_evals[-1:]  # RL's step 0 is the SFT checkpoint's last evaluation
     a.plot([0] * len(start) + [e["step"] for e in rl_evals], [e["summary"]["pass@1"] for e in start + rl_evals], "o-",
-           label="held-out pass@1")
+           color="C1", label="held-out pass@1 (greedy)")
     a.set_xlabel("RL step"), a.set_title("GRPO"), a.set_ylim(0, 1), a.legend(), a.grid(alpha=0.3)
     b.plot([e["step"] for e in sft_evals], [e["summary"]["pass@1"] for e in sft_evals], "o-", color="C2")
     b.set_xlabel("SFT step"), b.set_ylabel("held-out pass@1 (greedy)"), b.set_title("cold-start SFT")
