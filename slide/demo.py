@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from statistics import fmean
 from importlib import resources
 from pathlib import Path
+from statistics import fmean
 
 from slide.config import RLConfig, SFTConfig, dump_config, load_config
 from slide.eval.table import print_before_after, print_eval
