@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up (if needed) and runs the CPU demo: SFT -> RL -> eval on the demo-size tiny GLM (11-15 min).
+# Sets up (if needed) and runs the CPU demo: SFT -> RL -> eval on the demo-size tiny GLM (8-15 min, by the machine's hour).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

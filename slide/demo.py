@@ -1,6 +1,6 @@
 """The CPU demo: cold-start SFT -> GRPO -> held-out evaluation, on the demo-size tiny GLM.
 
-    slide demo                 # 11-15 min on 2 cores; writes runs/demo/{sft,rl,summary.json,curves.png}
+    slide demo                 # 8-15 min on 2 cores; writes runs/demo/{sft,rl,summary.json,curves.png}
     slide demo --quick         # test-size model, a few steps: a smoke test of the whole path
 
 Why RL here: SFT is stopped early on purpose (held-out greedy pass@1 0.25, inside SFT's jump: demo_sft.yaml), and
