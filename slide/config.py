@@ -60,7 +60,10 @@ class RolloutSpec(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(96, ge=1)
     thinking: bool = Field(True, description="GLM thinking mode (False appends /nothink and an empty think block)")
-    reward_timeout_s: float = Field(5.0, gt=0, description="a reward call slower than this scores 0 and is counted")
+    reward_timeout_s: float = Field(5.0, gt=0, description="a reward call slower than this is killed (with its "
+                                                           "worker process), scores 0 and is counted")
+    reward_workers: int = Field(2, ge=1, description="worker processes that run verifiers and environment calls "
+                                                     "(slide/callpool.py), per process that rolls out")
     engine: Literal["inprocess", "vllm"] = Field(
         "inprocess", description="rollout engine: inprocess (HF model + KV cache, this process) or vllm "
                                  "(optional extra: bash scripts/setup_vllm.sh, run in .venv-vllm; mode=sync)")
@@ -174,6 +177,9 @@ class DataSpec(Section):
     train: str = Field("arithmetic:2", description="task spec: FAMILY[:LEVELS],... or a .jsonl/.parquet path")
     eval: str | None = Field(None, description="held-out spec; default: same as train with other seeds")
     eval_prompts: int = Field(100, ge=1)
+    reward: str | None = Field(None, description="MODULE:FUNCTION scoring the rows of JSONL/Parquet datasets, "
+                                                 "(problem, response_text) -> float in [0, 1] "
+                                                 "(slide/tasks/user_reward.py); None = the built-in answer check")
 
 
 class RLConfig(Section):
@@ -185,6 +191,9 @@ class RLConfig(Section):
     save_every: int = Field(10, ge=1)
     threads: int = Field(0, ge=0, description="torch threads; 0 = torch's default (one per physical core)")
     mode: Literal["sync", "async"] = Field("sync", description="sync: colocated, alternating; async: Ray workers")
+    watchdog_s: float = Field(1800.0, ge=0, description="a step with no progress (no engine call, reward, trainer "
+                                                        "micro-batch) for this long dumps every thread's stack, "
+                                                        "checkpoints and ends the run (slide/watchdog.py); 0 = off")
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     rollout: RolloutSpec = RolloutSpec()

@@ -5,9 +5,11 @@ from pathlib import Path
 
 from slide.errors import UserError
 from slide.tasks import parse_task_specs
+from slide.tasks.user_reward import load_reward
 
 
-def check_inputs(data_specs: list[str | None], model_init: str | None) -> None:
+def check_inputs(data_specs: list[str | None], model_init: str | None, reward: str | None = None) -> None:
+    load_reward(reward)  # data.reward imports and names a function
     for spec in data_specs:
         if spec is not None:
             parse_task_specs(spec)  # raises UserError naming the file/row/item

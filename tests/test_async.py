@@ -290,3 +290,20 @@ def test_reward_rises_with_stale_samples(sft_init, ray_session, tmp_path):
     # Seen: 0.5-1.0 (timing decides which groups train); 0.4 is five times the start.
     assert rows[-1]["eval_pass@1"] >= 0.4
     assert audit(cfg, path) == 0  # no worker died, nothing aborted: every handed-out group came back
+
+
+def test_rewards_that_hold_the_gil_never_stall_the_workers(sft_init, ray_session, tmp_path):
+    """A user's reward (tests/adversarial.py) that computes 11^889789789 for a third of the responses and feeds
+    the rest through math-verify as corpus entries: the workers' call pools kill the hangs at the timeout, every
+    step trains, and each hang is counted once."""
+    from adversarial import pick
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i}+{i}?", "answer": str(2 * i)}) + "\n"
+                            for i in range(1, 9)))
+    cfg, path = run_async(tmp_path, "gil", f"model.init={sft_init}", *SMALL, "steps=3", f"data.train={data}",
+                          "data.reward=tests.adversarial:score", "rollout.reward_timeout_s=1")
+    rows, traj = read(path / "metrics.jsonl"), read(path / "trajectories.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["groups_trained"] == 2 for r in rows)
+    hangs = sum(pick(t["response"]) is None for t in traj)
+    assert hangs > 0 and sum(r["reward_timeouts"] for r in rows) == hangs
+    assert sum(v for r in rows for k, v in r.items() if k.startswith("reward_rejected/")) > 0

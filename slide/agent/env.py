@@ -3,10 +3,10 @@
 An environment is any object with the attributes and methods of `Env` below (no base class, no
 registry). The episode runner (slide/agent/episode.py) makes one per episode with an `EnvFactory`,
 calls `reset` once, `step` once per parsed tool call, and `reward` once if the model writes a final
-answer. Every call is made from a worker thread under a timeout, so an environment must not rely on
-running in the main thread; an env is never called by two threads at once, except that a call that
-timed out is abandoned while still running (its thread cannot be killed), so later calls on the same
-env may overlap it.
+answer. In RL and evaluation the built-in factory wraps every env in `IsolatedEnv` (slide/agent/isolated.py):
+each call runs in a worker process of the call pool, where a call past its timeout is killed, so an env
+must be picklable (its state travels to the worker and back with every call) or set `isolate = False`
+when it bounds its own work. Calls are made from the episode's thread, never two at once on one env.
 
     env = CalculatorEnv()
     messages = env.reset(problem)                     # [{"role": "user", "content": ...}]

@@ -48,6 +48,7 @@ from slide.model.tokenizer import (
     parse_assistant,
     stop_token_ids,
 )
+from slide.agent.isolated import CallTimeout
 from slide.rl.reward import bounded_call
 from slide.rl.sample import Sample
 from slide.tasks.base import Problem
@@ -112,6 +113,23 @@ def encode_conversation(tok, messages: list[dict], tools: list[dict] | None = No
     return ids, mask
 
 
+_POOL_SLACK_S = 2.0  # an isolated env's call is killed at its timeout in the pool; the thread waits this longer
+
+
+def _bounded(env: Env, method: str, *args, timeout_s: float) -> tuple[str, Any]:
+    """env.method(*args) under bounded_call; an isolated env's CallTimeout (the pool killed the call) is a timeout.
+    Notes the call counted in the pool (e.g. guard rejections) are for the caller to pop (_count_notes)."""
+    slack = _POOL_SLACK_S if getattr(env, "isolate", False) else 0.0
+    status, value = bounded_call(getattr(env, method), *args, timeout_s=timeout_s + slack)
+    return ("timeout", None) if isinstance(value, CallTimeout) else (status, value)
+
+
+def _count_notes(ep: "_Episode") -> None:
+    pop = getattr(ep.env, "pop_notes", None)
+    for key, n in (pop() if pop else {}).items():
+        ep.sample.events[key] = ep.sample.events.get(key, 0) + n
+
+
 def _run_calls(env: Env, calls: list[dict], timeout_s: float) -> list[StepResult | InvalidCall]:
     """One episode's calls of one turn, in order; stops at done=True or InvalidCall."""
     out: list[StepResult | InvalidCall] = []
@@ -120,7 +138,7 @@ def _run_calls(env: Env, calls: list[dict], timeout_s: float) -> list[StepResult
         if out and isinstance(out[-1], StepResult) and out[-1].error == "step_timeout":
             out.append(StepResult(f"error: {name} not run (an earlier call timed out)", error="step_skipped"))
             continue
-        status, value = bounded_call(env.step, call, timeout_s=timeout_s)
+        status, value = _bounded(env, "step", call, timeout_s=timeout_s)
         if status == "timeout":
             value = StepResult(f"error: {name} timed out after {timeout_s:g} s", error="step_timeout")
         elif status == "raised" and not isinstance(value, InvalidCall):
@@ -162,7 +180,7 @@ def _start(tok, problem: Problem, group: int, env_factory: EnvFactory, thinking:
     env, status, value = None, "raised", None
     try:
         env = env_factory(problem)
-        status, value = bounded_call(env.reset, problem, timeout_s=timeout_s)
+        status, value = _bounded(env, "reset", problem, timeout_s=timeout_s)
         if status == "ok":
             tools = validate_tools(getattr(env, "tools", None) or [])
             sample.messages = list(value)
@@ -197,7 +215,8 @@ def _finite(value: Any) -> float | None:
 
 
 def _final_reward(ep: _Episode, text: str, timeout_s: float) -> float:
-    status, value = bounded_call(ep.env.reward, ep.sample.problem, text, timeout_s=timeout_s)
+    status, value = _bounded(ep.env, "reward", ep.sample.problem, text, timeout_s=timeout_s)
+    _count_notes(ep)
     reward = _finite(value) if status == "ok" else None
     if reward is None:
         ep.count("reward_timeout" if status == "timeout" else "reward_error")
@@ -353,6 +372,7 @@ def _calls_or_error(env: Env, calls: list[dict], timeout_s: float) -> list:
 def _after_calls(run: _Run, ep: _Episode, outs: list) -> None:
     """Append a turn's tool results as the observation turn, or end the episode."""
     s = ep.sample
+    _count_notes(ep)
     invalid = next((o for o in outs if isinstance(o, InvalidCall)), None)
     if invalid is not None:
         ep.end("failed", invalid.reason, str(invalid)[:300])

@@ -14,6 +14,8 @@ from typing import Callable
 from slide.agent.env import Env, EnvFactory
 from slide.agent.envs import calculator, function_call, python_exec
 from slide.agent.envs.latency import with_latency
+from slide.agent.isolated import IsolatedEnv
+from slide.callpool import CallPool
 from slide.tasks.base import Problem
 
 
@@ -35,11 +37,12 @@ def is_agentic(problem: Problem) -> bool:
     return problem.family in AGENT_FAMILIES
 
 
-def env_factory(agent, seed: int) -> EnvFactory:
-    """Problem -> a fresh Env of its family; with the latency wrapper when agent.latency_median_s > 0.
-    `agent` is the run's AgentSpec."""
+def env_factory(agent, seed: int, pool: CallPool, reward_timeout_s: float) -> EnvFactory:
+    """Problem -> a fresh Env of its family, its calls run in `pool`'s worker processes (IsolatedEnv); with the
+    latency wrapper outside when agent.latency_median_s > 0 (the sleep stays in the episode's thread, so slow
+    tools overlap instead of queueing for the pool). `agent` is the run's AgentSpec."""
     def make(problem: Problem) -> Env:
-        return AGENT_FAMILIES[problem.family].env()
+        return IsolatedEnv(AGENT_FAMILIES[problem.family].env(), pool, agent.step_timeout_s, reward_timeout_s)
 
     if agent.latency_median_s > 0:
         return with_latency(make, agent.latency_median_s, agent.latency_sigma, agent.latency_cap_s, seed)

@@ -17,6 +17,7 @@ import torch
 
 from slide.engine.kv_cache import growing_cache
 from slide.engine.packed import PackedLinears
+from slide.watchdog import beat
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class InProcessEngine:
         with self.packed.active(batch_hint=min(len(flat), self.max_batch)):
             for start in range(0, len(flat), self.max_batch):
                 out += self._generate_batch(flat[start:start + self.max_batch], params, generator)
+                beat()  # progress, for the run's watchdog
         return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator) -> list[Completion]:

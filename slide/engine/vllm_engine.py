@@ -52,6 +52,7 @@ import torch
 from slide.engine import DTYPES
 from slide.engine.inprocess import Completion, SamplingParams
 from slide.errors import UserError
+from slide.watchdog import beat
 
 
 def _in_process_env(kv_cache_gib: int) -> None:
@@ -191,6 +192,7 @@ class VLLMEngine:
         # machine, for ops that take microseconds eagerly. The engine core runs in this thread: keep them eager.
         with torch.compiler.set_stance("force_eager"):
             outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        beat()  # progress, for the run's watchdog
         groups = []
         for out in outputs:
             group = []

@@ -15,6 +15,7 @@ samples are corrected as far as the cap allows.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections import Counter
@@ -28,7 +29,8 @@ from slide.engine import make_engine
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.parts import build
 from slide.rl.worker import WorkerPool
-from slide.rundir import RunDir
+from slide.rundir import RunDir, rng_state
+from slide.watchdog import Watchdog, beat
 from slide.tasks.base import Problem
 from slide.weights.buckets import WeightSync
 
@@ -101,6 +103,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
         result = pool.next_result(timeout_s)
         if result is None:
             return False
+        beat()  # progress: a worker delivered
         _, groups, stats = result
         reward_stats.update(stats)
         seen.extend(s for g in groups for s in g)
@@ -112,10 +115,23 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
                 ready.append(g)
         return True
 
-    try:
+    def state() -> dict:
+        """A checkpoint's state besides the weights; problems handed out or waiting are re-queued on resume."""
+        outstanding = pool.outstanding() + [g[0].problem for g in ready]
+        return {"source": copy.deepcopy(source.state_dict()), "generator": p.generator.get_state(),
+                "outstanding": [dataclasses.asdict(x) for x in outstanding], "next_group": next_group}
+
+    def boundary(step: int):
+        """For the watchdog: writes step - 1's checkpoint (state as of now) unless an update has happened since."""
+        snap, updates = state() | {"rng": rng_state()}, trainer.updates
+        return lambda: None if trainer.updates != updates else \
+            run_dir.save_checkpoint(step - 1, policy, tok, {"trainer": trainer.state_dict(), **snap})
+
+    with pool, Watchdog(run_dir.path, cfg.watchdog_s) as dog:  # a stalled step ends the run with its stacks
         for step in range(p.start + 1, cfg.steps + 1):
             timer, dropped, reward_stats, batch, seen = Timer(), Counter(), Counter(), [], []
             t_step = time.perf_counter()
+            dog.at_step(step, boundary(step))
             version = step - 1  # the policy this step's update starts from
             # 1-3. train on groups as they finish (one optimizer update, gradients accumulated group by group,
             # so the trainer computes while the workers still write this step's later groups); drop stale ones
@@ -178,10 +194,5 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             if progress:
                 progress(step, metrics)
             if step % cfg.save_every == 0 or step == cfg.steps:
-                outstanding = pool.outstanding() + [g[0].problem for g in ready]
-                run_dir.save_checkpoint(step, policy, tok, {
-                    "trainer": trainer.state_dict(), "source": source.state_dict(), "generator": p.generator.get_state(),
-                    "outstanding": [dataclasses.asdict(x) for x in outstanding], "next_group": next_group})
-    finally:
-        pool.shutdown()
+                run_dir.save_checkpoint(step, policy, tok, {"trainer": trainer.state_dict(), **state()})
     return last_eval

@@ -2,7 +2,10 @@
 held-out set, verifiers and sampling parameters; restored from a checkpoint when resuming."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -14,11 +17,12 @@ from slide.model.load import load_policy
 from slide.model.tokenizer import load_tokenizer, stop_token_ids
 from slide.rl.curriculum import make_source
 from slide.rl.data import PromptSource, eval_problems
-from slide.rl.reward import RewardRunner
+from slide.rl.reward import ByFamily, RewardRunner
 from slide.rl.temperature import DynamicTemperature
 from slide.rl.trainer import PolicyTrainer
-from slide.rundir import load_state, set_rng_state
+from slide.rundir import load_state, rng_state, set_rng_state
 from slide.tasks import parse_task_specs
+from slide.tasks.user_reward import load_reward
 from slide.tasks.base import Problem
 
 
@@ -36,8 +40,8 @@ class Parts:
     state: dict  # the checkpoint's saved state ({} for a fresh run)
     temperature: DynamicTemperature  # the rollout temperature, re-picked on reward plateaus when dynamic
 
-    def reward_runner(self, timeout_s: float) -> RewardRunner:
-        return reward_runner(self.verify, timeout_s)
+    def reward_runner(self, spec) -> RewardRunner:
+        return reward_runner(self.verify, spec)
 
     def evaluate(self, engine, cfg: RLConfig, run_dir, step: int) -> dict:
         """Greedy pass@1 on the held-out problems with `engine`'s weights, logged to eval.jsonl."""
@@ -54,6 +58,21 @@ class Parts:
                           thinking=cfg.rollout.thinking, generator=self.generator, agent=cfg.agent)
         return result["summary"]["pass@1"]
 
+    def boundary(self, run_dir, step: int) -> Callable[[], Path | None]:
+        """For the watchdog, at the start of `step`: a function that writes the checkpoint of step - 1 (exactly
+        what the periodic save would have written then) if no update has changed the weights since, else
+        returns None. What the step changes besides the weights (data position, RNG) is snapshot now."""
+        snap = copy.deepcopy({"source": self.source.state_dict(), "generator": self.generator.get_state(),
+                              "temperature": self.temperature.state_dict(), "rng": rng_state()})
+        updates = self.trainer.updates
+
+        def save() -> Path | None:
+            if self.trainer.updates != updates:
+                return None
+            return run_dir.save_checkpoint(step - 1, self.policy, self.tok, {"trainer": self.trainer.state_dict(),
+                                                                             **snap})
+        return save
+
     def checkpoint_state(self) -> dict:
         """What a checkpoint needs beyond the weights to continue exactly."""
         return {"trainer": self.trainer.state_dict(), "source": self.source.state_dict(),
@@ -65,8 +84,9 @@ def sampling_params(cfg: RLConfig, tok) -> SamplingParams:
                           max_new_tokens=cfg.rollout.max_new_tokens, stop_token_ids=tuple(stop_token_ids(tok)))
 
 
-def reward_runner(verify: dict, timeout_s: float) -> RewardRunner:
-    return RewardRunner(lambda p, r: verify[p.family](p, r), timeout_s)
+def reward_runner(verify: dict, spec) -> RewardRunner:
+    """The run's verifiers scored in the call pool under rollout spec's timeout and worker count."""
+    return RewardRunner(ByFamily(verify), spec.reward_timeout_s, spec.reward_workers)
 
 
 def build(cfg: RLConfig, ckpt=None) -> Parts:
@@ -76,8 +96,9 @@ def build(cfg: RLConfig, ckpt=None) -> Parts:
     ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed) if cfg.algo.kl_coef > 0 else None  # initial policy
     trainer = PolicyTrainer(policy, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,
                             cfg.model.router_bias_rate, ref_model=ref, autocast=DTYPES[cfg.train.precision])
-    train_specs = parse_task_specs(cfg.data.train)  # datasets are read once
-    eval_specs = parse_task_specs(cfg.data.eval) if cfg.data.eval else train_specs
+    user_reward = load_reward(cfg.data.reward)
+    train_specs = parse_task_specs(cfg.data.train, user_reward)  # datasets are read once
+    eval_specs = parse_task_specs(cfg.data.eval, user_reward) if cfg.data.eval else train_specs
     held_out = eval_problems(eval_specs, cfg.data.eval_prompts, cfg.seed)
     source = make_source(cfg.curriculum, PromptSource(train_specs, cfg.seed, held_out))
     sampling = sampling_params(cfg, tok)

@@ -1,24 +1,35 @@
-"""Rewards that never kill a run: an exception or a timeout scores 0 and is counted.
+"""Rewards that never stall or kill a run: an exception, a NaN or a timeout scores 0 and is counted.
 
-A reward function is any callable `(problem, response_text) -> float`. Each call runs in a daemon
-thread bounded by `timeout_s`; a hung call is abandoned (its thread cannot be killed, but it never
-blocks the run or the interpreter's exit). Code rewards that may hang for real run in the sandbox.
+A reward function is any callable `(problem, response_text) -> float`. Every call runs in the call pool's
+worker processes (slide/callpool.py), one message per group of samples: a call that overruns `timeout_s` is
+killed with its worker, which is replaced, and the rest of its group is scored on the replacement. A thread
+cannot do this: sympy computing 11^889789789 holds the GIL, and the thread waiting for it never wakes.
+Answers that would expand enormously are refused before sympy sees them (slide/tasks/guard.py) and counted
+by reason. Code rewards run their tests in the bwrap sandbox inside the worker, as before.
+
+    reward = RewardRunner(verify, timeout_s=5.0)
+    reward.score([(problem, ["42", "11^889789789"])])   # [[1.0, 0.0]]
+    reward.pop_stats()   # {"reward_errors": 0, "reward_timeouts": 0, "reward_rejected/huge_power": 1}
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import Counter
 from typing import Any, Callable
 
+from slide.callpool import CallPool, NotSendable, Outcome, shared_pool
 from slide.tasks.base import Problem
 
 RewardFn = Callable[[Problem, str], float]
+log = logging.getLogger(__name__)
 
 
 def bounded_call(fn: Callable, *args, timeout_s: float) -> tuple[str, Any]:
-    """Run fn(*args) in a daemon thread: ("ok", value), ("raised", exception) or ("timeout", None). A call that
-    times out is abandoned (threads cannot be killed) but never blocks the run or the interpreter's exit."""
+    """Run fn(*args) in a daemon thread: ("ok", value), ("raised", exception) or ("timeout", None). Only for
+    calls that cannot hold the GIL for long (their work is in the call pool or a sandbox): a thread cannot
+    interrupt one that does. A call that times out is abandoned, never joined."""
     box: dict = {}
 
     def target():
@@ -35,30 +46,65 @@ def bounded_call(fn: Callable, *args, timeout_s: float) -> tuple[str, Any]:
     return ("raised", box["raised"]) if "raised" in box else ("ok", box.get("value"))
 
 
-def safe_reward(fn: RewardFn, problem: Problem, response: str, timeout_s: float) -> tuple[float, str]:
-    """(reward, status) with status "ok", "error" or "timeout"; the reward is 0 unless "ok"."""
-    status, value = bounded_call(lambda: float(fn(problem, response)), timeout_s=timeout_s)
-    if status == "timeout":
-        return 0.0, "timeout"
-    if status == "raised" or not math.isfinite(value):  # a verifier bug is data, not a crash
-        return 0.0, "error"
-    return value, "ok"
+class ByFamily:
+    """(problem, response) -> verify[problem.family](problem, response): the verifiers of a run as one picklable
+    reward function (sent to each pool worker once)."""
+
+    def __init__(self, verify: dict[str, Callable]):
+        self.verify = verify
+
+    def __call__(self, problem: Problem, response: str) -> float:
+        return self.verify[problem.family](problem, response)
 
 
 class RewardRunner:
-    """Scores responses with `fn` and counts failures by kind (reset by `pop_stats`)."""
+    """Scores responses with `fn` in the call pool and counts failures and guard rejections (reset by
+    `pop_stats`). `workers` sizes the process's shared pool unless `pool` is given."""
 
-    def __init__(self, fn: RewardFn, timeout_s: float):
+    def __init__(self, fn: RewardFn, timeout_s: float, workers: int = 2, pool: CallPool | None = None):
         self.fn, self.timeout_s = fn, timeout_s
-        self.failures: Counter = Counter()
+        self.pool = pool or shared_pool(workers)
+        self.pool.start()  # its imports overlap the caller's start-up
+        self.counts: Counter = Counter()
+        self.in_process = False  # fn cannot be pickled: scored in threads (warned once)
+        self._lock = threading.Lock()
 
     def __call__(self, problem: Problem, response: str) -> float:
-        value, status = safe_reward(self.fn, problem, response, self.timeout_s)
-        if status != "ok":
-            self.failures[status] += 1
-        return value
+        return self.score([(problem, [response])])[0][0]
+
+    def score(self, groups: list[tuple[Problem, list[str]]]) -> list[list[float]]:
+        """Rewards per group, in order; each group is one message to one worker, groups spread over the pool."""
+        batches = [[(problem, r) for r in responses] for problem, responses in groups]
+        if not self.in_process:
+            try:
+                outcomes = self.pool.batches(self.fn, batches, self.timeout_s)
+            except NotSendable as e:
+                log.warning("reward function %r cannot be sent to worker processes (%s: %s): scoring it in "
+                            "threads, where a call that holds the GIL can stall the run", self.fn,
+                            type(e).__name__, e)
+                self.in_process = True
+        if self.in_process:
+            outcomes = [[Outcome(*bounded_call(self.fn, *args, timeout_s=self.timeout_s)) for args in b]
+                        for b in batches]
+        return [[self._value(o) for o in group] for group in outcomes]
+
+    def _value(self, o: Outcome) -> float:
+        with self._lock:
+            self.counts.update({f"reward_{k}" if not k.startswith("reward") else k: v for k, v in o.notes.items()})
+            if o.status == "timeout":
+                self.counts["reward_timeouts"] += 1
+                return 0.0
+            try:
+                value = float(o.value) if o.status == "ok" else math.nan
+            except (TypeError, ValueError):
+                value = math.nan
+            if not math.isfinite(value):  # raised, or not a finite number: a verifier bug is data, not a crash
+                self.counts["reward_errors"] += 1
+                return 0.0
+            return value
 
     def pop_stats(self) -> dict[str, int]:
-        out = {"reward_errors": self.failures["error"], "reward_timeouts": self.failures["timeout"]}
-        self.failures.clear()
+        with self._lock:
+            out = {"reward_errors": 0, "reward_timeouts": 0, **self.counts}
+            self.counts.clear()
         return out

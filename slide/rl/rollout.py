@@ -54,7 +54,7 @@ class Rollout:
     concurrent_episodes: bool = False  # agent episodes each on their own thread (give it a BatchingEngine)
 
     def __post_init__(self):
-        self.envs = env_factory(self.agent, self.seed)
+        self.envs = env_factory(self.agent, self.seed, self.reward.pool, self.reward.timeout_s)
 
     def groups(self, problems: list[Problem], first_group: int = 0, generator: torch.Generator | None = None,
                before_turn=None) -> list[list[Sample]]:
@@ -93,12 +93,15 @@ class Rollout:
             for j, c in enumerate(completions):
                 text = tok.decode(c.tokens, skip_special_tokens=False)
                 status = "forced" if (i, j) in forced else "completed" if c.finish_reason == "stop" else "truncated"
-                s = Sample(prompt_ids=prompt, response_ids=c.tokens, loss_mask=masks[i][j],
-                           behaviour_logprobs=c.logprobs, version=c.version, problem=problem, group=0,
-                           status=status, response_text=text)
-                s.reward = self.reward(problem, text)
-                group.append(s)
+                group.append(Sample(prompt_ids=prompt, response_ids=c.tokens, loss_mask=masks[i][j],
+                                    behaviour_logprobs=c.logprobs, version=c.version, problem=problem, group=0,
+                                    status=status, response_text=text))
             groups.append(group)
+        # one message per group to the reward workers (a verifier that hangs is killed there, never here)
+        rewards = self.reward.score([(g[0].problem, [s.response_text for s in g]) for g in groups])
+        for group, values in zip(groups, rewards):
+            for s, r in zip(group, values):
+                s.reward = r
         return groups
 
     def _force_answers(self, prompts, outputs, masks, generator) -> set[tuple[int, int]]:

@@ -20,6 +20,7 @@ from slide.rl.curriculum import successes
 from slide.rl.parts import build
 from slide.rl.rollout import Rollout, length_limit, sample_batch
 from slide.rundir import RunDir
+from slide.watchdog import Watchdog
 from slide.weights.buckets import WeightSync
 
 
@@ -28,17 +29,18 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     p = build(cfg, ckpt)
     engine = make_engine(cfg.rollout.engine, p.policy, p.tok.pad_token_id, cfg.rollout.precision, cfg.seed)
     try:
-        return _train(cfg, run_dir, p, engine, progress)
+        with Watchdog(run_dir.path, cfg.watchdog_s) as dog:  # a stalled step ends the run with its stacks
+            return _train(cfg, run_dir, p, engine, dog, progress)
     finally:
         close_engine(engine)
 
 
-def _train(cfg: RLConfig, run_dir: RunDir, p, engine, progress) -> dict:
+def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -> dict:
     """The RL loop: one iteration per step, with `engine` holding the rollout copy of the weights."""
     tok, policy, trainer, source, gen = p.tok, p.policy, p.trainer, p.source, p.generator
     weight_sync = WeightSync(cfg.rollout.precision, cfg.rollout.sync_bucket_mb)
     weight_sync.push(policy, engine, version=p.start)  # the engine holds rollout-precision weights from the start
-    reward = p.reward_runner(cfg.rollout.reward_timeout_s)
+    reward = p.reward_runner(cfg.rollout)
     rollout = Rollout(engine, tok, p.sampling, cfg.rollout.n, reward, cfg.rollout.thinking, cfg.agent, cfg.seed,
                       cfg.rollout.force_answer_tokens if cfg.rollout.force_answer else 0)
 
@@ -46,6 +48,7 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, progress) -> dict:
     for step in range(p.start + 1, cfg.steps + 1):
         timer = Timer()
         t_step = time.perf_counter()
+        dog.at_step(step, p.boundary(run_dir, step))  # on a stall: the checkpoint of step - 1, if still intact
         # 0. schedule: this step's temperature and output-length limit; a curriculum stage measures its pool
         rollout.params = replace(p.sampling, temperature=p.temperature.value,
                                  max_new_tokens=length_limit(cfg.rollout, step))

@@ -15,6 +15,7 @@ from slide.algo.grpo import AGGREGATIONS, LOSS_DIVISOR, kl_k3, policy_loss, tis_
 from slide.config import AlgoSpec, TrainSpec
 from slide.model.tiny import ExpertLoad, routers
 from slide.rl.sample import Sample
+from slide.watchdog import beat
 
 
 def collate(samples: list[Sample], pad_id: int):
@@ -108,6 +109,7 @@ class PolicyTrainer:
         order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
         for k in range(0, len(order), mb):  # length-sorted micro-batches waste little padding
             yield [samples[i] for i in order[k:k + mb]]
+            beat()  # progress, for the run's watchdog
 
     def step(self, samples: list[Sample], advantages: dict[int, float]) -> dict[str, float]:
         """Train on one rollout batch; advantages keyed by id(sample). Returns metrics.

@@ -31,6 +31,7 @@ from slide.rl.parts import reward_runner, sampling_params
 from slide.weights.buckets import Bucket, apply_buckets
 from slide.rl.rollout import Rollout
 from slide.tasks import parse_task_specs
+from slide.tasks.user_reward import load_reward
 from slide.tasks.base import Problem
 
 
@@ -48,7 +49,8 @@ class RolloutWorker:
         self.engine = BatchingEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id))  # loads never overlap
         self.load_weights(buckets)                                                          # a generate call
         self.partial = cfg.disagg.partial_rollout
-        self.reward = reward_runner(verifiers(parse_task_specs(cfg.data.train)), cfg.rollout.reward_timeout_s)
+        self.reward = reward_runner(verifiers(parse_task_specs(cfg.data.train, load_reward(cfg.data.reward))),
+                                    cfg.rollout)
         self.rollout_ = Rollout(self.engine, tok, sampling_params(cfg, tok), cfg.rollout.n, self.reward,
                                 cfg.rollout.thinking, cfg.agent, seed=cfg.seed * 1009 + index, concurrent_episodes=True)
         self.generator = torch.Generator().manual_seed(cfg.seed * 1009 + index)
@@ -169,3 +171,9 @@ class WorkerPool:
     def shutdown(self) -> None:
         for w in self.workers:
             ray.kill(w)
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

@@ -66,9 +66,9 @@ def _parse_levels(text: str, item: str, available: tuple[int, ...]) -> tuple[int
     return tuple(dict.fromkeys(levels))
 
 
-def _task_for(name: str, item: str) -> Task:
+def _task_for(name: str, item: str, reward=None) -> Task:
     if _is_path(name):
-        return DatasetTask(name)
+        return DatasetTask(name, reward=reward)
     family = FAMILIES.get(name.strip().lower())
     if family is None:
         from slide.agent.families import AGENT_FAMILIES  # here: slide.agent imports slide.tasks
@@ -79,9 +79,9 @@ def _task_for(name: str, item: str) -> Task:
     return family()
 
 
-def _parse_item(item: str) -> tuple[Task, tuple[int, ...]]:
+def _parse_item(item: str, reward=None) -> tuple[Task, tuple[int, ...]]:
     name, levels_text = _split_item(item)
-    task = _task_for(name, item)
+    task = _task_for(name, item, reward)
     if levels_text is None:
         return task, tuple(task.levels)
     return task, _parse_levels(levels_text.strip(), item, tuple(task.levels))
@@ -98,9 +98,10 @@ def make_task(spec: str) -> Task:
     return _parse_item(item)[0]
 
 
-def parse_task_specs(spec: str) -> list[tuple[Task, tuple[int, ...]]]:
-    """Each item of a comma-separated spec as (task, levels to train on)."""
+def parse_task_specs(spec: str, reward=None) -> list[tuple[Task, tuple[int, ...]]]:
+    """Each item of a comma-separated spec as (task, levels to train on); data files are scored by `reward`
+    (a user's function, slide/tasks/user_reward.py) when given."""
     items = [part.strip() for part in spec.split(",")]
     if not spec.strip() or any(not item for item in items):
         raise UserError(f"task spec '{spec}' has an empty item ({_ALLOWED})")
-    return [_parse_item(item) for item in items]
+    return [_parse_item(item, reward) for item in items]

@@ -10,6 +10,9 @@ import re
 import threading
 from fractions import Fraction
 
+from slide.callpool import note
+from slide.tasks.guard import check
+
 _THINK_END = "</think>"
 _STOP_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
 _BOXED = "\\boxed{"
@@ -18,9 +21,7 @@ _BOXED = "\\boxed{"
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
 # Long digit strings are never a sensible answer and int() of huge strings is slow or raises.
 _MAX_NUMBER_CHARS = 64
-# math_verify/sympy can be slow on adversarial input; bound what we hand it.
-_MAX_MATH_CHARS = 1000
-_MATH_TIMEOUT_S = 5
+_MATH_TIMEOUT_S = 5  # math-verify's own SIGALRM bound (main thread only: a call-pool worker's calls)
 
 
 def _strip_stop_tokens(text: str) -> str:
@@ -87,15 +88,22 @@ def exact_or_numeric(pred: str, ref: str) -> bool:
     return pred.strip() == ref.strip() or numbers_equal(pred, ref)
 
 
-# In reward threads math_verify runs without its SIGALRM timeout and warns once; SLIDE bounds every
+# Off the main thread math_verify runs without its SIGALRM timeout and warns once; SLIDE bounds every
 # reward call itself (slide/rl/reward.py), so that warning is noise.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
 def math_verify_equal(pred: str, ref: str) -> bool:
-    """Symbolic equivalence via math_verify (e.g. `0.5` vs `\\frac{1}{2}`); False on any failure."""
-    if not pred.strip() or not ref.strip() or len(pred) > _MAX_MATH_CHARS:
+    """Symbolic equivalence via math_verify (e.g. `0.5` vs `\\frac{1}{2}`); False on any failure. Either side
+    that would expand enormously (slide/tasks/guard.py) is refused before sympy sees it, and the refusal
+    counted as `rejected/<reason>` for the call pool's caller."""
+    if not pred.strip() or not ref.strip():
         return False
+    for text in (pred, ref):
+        reason = check(text)
+        if reason is not None:
+            note(f"rejected/{reason}")
+            return False
     try:
         # Imported lazily: math_verify pulls in sympy, which is slow to import.
         from math_verify import parse, verify

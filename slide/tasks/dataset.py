@@ -110,11 +110,12 @@ def load_rows(path: str) -> list[dict]:
 class DatasetTask:
     """Problems are rows of a file; `generate` samples a row of the requested level."""
 
-    def __init__(self, path: str, name: str | None = None, verifier: str = "auto") -> None:
+    def __init__(self, path: str, name: str | None = None, verifier: str = "auto", reward=None) -> None:
         if verifier not in VERIFIERS:
             raise UserError(f"unknown verifier '{verifier}' for {path} (allowed: {', '.join(VERIFIERS)})")
         self.path = path
         self.verifier = verifier
+        self.reward = reward  # a user's (problem, response) -> float (slide/tasks/user_reward.py), or None
         self.name = name or os.path.splitext(os.path.basename(path))[0]
         self._problems = [
             Problem(
@@ -145,6 +146,8 @@ class DatasetTask:
         return list(self._problems)
 
     def verify(self, problem: Problem, response: str) -> float:
+        if self.reward is not None:
+            return float(self.reward(problem, response))
         pred = final_answer(response)
         if self.verifier == "exact":
             ok = exact_or_numeric(pred, problem.answer)

@@ -30,6 +30,10 @@ class LatencyEnv:
     def tools(self) -> list[dict]:
         return self.env.tools
 
+    @property
+    def isolate(self) -> bool:  # whether the wrapped env's calls run in the call pool (slide/agent/isolated.py)
+        return getattr(self.env, "isolate", False)
+
     def delay(self) -> float:
         """The next step's sleep in seconds (drawn from this env's rng)."""
         if self.median_s == 0:
@@ -47,6 +51,10 @@ class LatencyEnv:
 
     def reward(self, problem: Problem, response: str) -> float:
         return self.env.reward(problem, response)
+
+    def pop_notes(self) -> dict[str, int]:
+        pop = getattr(self.env, "pop_notes", None)
+        return pop() if pop else {}
 
 
 def with_latency(factory: EnvFactory, median_s: float, sigma: float, cap_s: float, seed: int) -> EnvFactory:

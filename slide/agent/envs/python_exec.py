@@ -64,6 +64,7 @@ class PythonEnv:
     """Each `python` call runs in a fresh sandbox under `limits` (default: 5 s wall, 512 MiB, 4 KB of output)."""
 
     tools = TOOLS
+    isolate = False  # its calls bound their own work: model code runs in the sandbox, the reward is numbers_equal
 
     def __init__(self, limits=None, max_chars: int = MAX_OBSERVATION_CHARS) -> None:
         self.limits, self.max_chars = limits, max_chars

@@ -1,0 +1,464 @@
+"""Calls that can always be stopped: verifiers and environment calls run in a few reused worker processes.
+
+    pool = shared_pool(workers=2)
+    [[a, b]] = pool.batches(verify, [[(problem, "42"), (problem, "11^889789789")]], timeout_s=5.0)
+    a.status, a.value            # "ok", 1.0
+    b.status, b.value, b.notes   # "ok", 0.0, {"rejected/huge_power": 1}   (the guard refused it, no sympy)
+
+A thread cannot stop a call that holds the GIL (sympy computing 11^889789789 inside one C call never lets the
+waiting thread run), so every call that parses model text runs in a worker process. A worker that overruns
+its timeout is killed (SIGKILL) and replaced; a worker that dies mid-call is replaced too; the calls queued
+behind the dead one go to the replacement. Nothing a call does can stall or crash the caller.
+
+- Workers are forked from a zygote process that has imported SLIDE, torch and math-verify once, so a
+  replacement starts in milliseconds, and workers die with the run (they never outlive a killed run).
+- A function is pickled once (cloudpickle: lambdas, closures and a script's own functions too) and sent
+  once per worker (a verifier holding a whole dataset costs one send); its arguments go with every call.
+- `batches` sends a list of calls (one group of samples) to one worker at a time, batches in parallel over
+  the workers: one message per group, not per sample.
+- `note(key)` inside a call counts an incident (e.g. a guard's rejection reason); it comes back with the
+  call's Outcome, so counters survive the process boundary.
+- `call_method(obj, name, *args)` runs obj.name(*args) in a worker and returns (result, obj): a stateful
+  environment travels to the worker and its new state comes back (see slide/agent/isolated.py).
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+from slide.watchdog import beat
+
+log = logging.getLogger(__name__)
+
+_LOAD_TIMEOUT_S = 120.0  # unpickling a function in a fresh worker (its imports) may take this long
+_FNS_HELD = 64  # pickled functions kept (by identity) so that a repeated call does not pickle again
+# imported once by the forkserver, so that a fresh worker (and the first call in it) is fast
+PRELOAD = ["slide.tasks", "slide.agent.families", "math_verify", "ray.cloudpickle"]
+
+
+@dataclass
+class Outcome:
+    status: str  # "ok" | "raised" (value is the exception) | "timeout" (the worker was killed)
+    value: Any = None
+    notes: dict[str, int] = field(default_factory=dict)  # incidents the call counted with note()
+
+
+class WorkerDied(RuntimeError):
+    """The worker process exited in the middle of a call (a crash, an os._exit, the OOM killer), or none could
+    be started."""
+
+
+class NotSendable(TypeError):
+    """The function cannot be pickled (not even by cloudpickle): it cannot run in a worker."""
+
+
+# -- incidents counted inside a call ------------------------------------------------------------------------
+_local = threading.local()
+
+
+def note(key: str) -> None:
+    """Count one incident of `key` for the call running on this thread (no-op outside a call)."""
+    counts = getattr(_local, "counts", None)
+    if counts is not None:
+        counts[key] += 1
+
+
+def noted(fn: Callable, *args) -> tuple[str, Any, dict]:
+    """(status, value, notes) of fn(*args) run here, with note() counting into notes."""
+    _local.counts = Counter()
+    try:
+        return "ok", fn(*args), dict(_local.counts)
+    except BaseException as e:  # noqa: BLE001 - a verifier's bug is data, not a crash
+        return "raised", e, dict(_local.counts)
+    finally:
+        _local.counts = None
+
+
+def call_method(obj: Any, name: str, *args) -> tuple[Any, Any]:
+    """(obj.name(*args), obj): for stateful objects whose state must come back from the worker."""
+    return getattr(obj, name)(*args), obj
+
+
+# -- the worker process ----------------------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    try:  # Linux: SIGKILL this process when its parent exits (a worker's parent is the single-threaded zygote)
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _sendable(status: str, value: Any, notes: dict) -> tuple[str, bytes, dict]:
+    """(status, the value cloudpickled, notes); a value that cannot be pickled becomes a raised RuntimeError."""
+    from ray import cloudpickle
+    try:
+        return status, cloudpickle.dumps(value), notes
+    except Exception as e:  # noqa: BLE001 - e.g. a lock, or an exception type with required arguments
+        why = RuntimeError(f"the call's {'result' if status == 'ok' else 'error'} could not be sent back: "
+                           f"{type(value).__name__}: {e}"[:300])
+        return "raised", pickle.dumps(why), notes
+
+
+def _serve(conn: Connection) -> None:
+    """Worker loop: ("fn", token, payload) registers a function; ("call", token, n, pickled [args, ...]) runs
+    each call in order and sends one (index, status, pickled value, notes) per call as soon as it finishes.
+    Tokens are hashes of the pickled functions, so the same verifier sent again is not stored twice. Arguments
+    and values travel cloudpickled, so objects of a script's own classes (an env) go both ways."""
+    fns: dict[str, Callable] = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the run went away
+            return
+        if msg[0] == "fn":
+            try:
+                fns[msg[1]] = _loads(msg[2])
+            except Exception as e:  # noqa: BLE001 - e.g. its module cannot be imported here: each call says so
+                fns[msg[1]] = _Unloadable(f"the function could not be loaded in the worker: {type(e).__name__}: {e}")
+            conn.send(("loaded",))  # loading (imports) is not on any call's clock
+            continue
+        _, token, n, payload = msg
+        try:
+            items = pickle.loads(payload)
+        except Exception as e:  # noqa: BLE001 - e.g. an argument's class cannot be imported here
+            failed = _sendable("raised", RuntimeError(f"the call's arguments could not be loaded in the worker: "
+                                                      f"{type(e).__name__}: {e}"[:300]), {})
+            for i in range(n):
+                conn.send((i, *failed))
+            continue
+        for i, args in enumerate(items):
+            conn.send((i, *_sendable(*noted(fns[token], *args))))
+
+
+class _Unloadable:
+    def __init__(self, why: str):
+        self.why = why
+
+    def __call__(self, *args):
+        raise RuntimeError(self.why)
+
+
+def _loads(payload: tuple[list[str], bytes]) -> Callable:
+    paths, data = payload
+    sys.path += [p for p in paths if p not in sys.path]  # the run's import paths (a user's reward module)
+    return pickle.loads(data)
+
+
+def _dumps(fn: Callable) -> tuple[list[str], bytes]:
+    """cloudpickle (Ray's): functions of importable modules by reference, those of __main__, lambdas and
+    closures by value; with the caller's sys.path, so that the worker imports what the caller can."""
+    from ray import cloudpickle
+    try:
+        return list(sys.path), cloudpickle.dumps(fn)
+    except Exception as e:  # noqa: BLE001 - cloudpickle raises many types (locks, sockets, C objects)
+        raise NotSendable(f"{fn!r} cannot be pickled: {type(e).__name__}: {e}") from e
+
+
+def _dumps_args(items: list[tuple]) -> bytes:
+    from ray import cloudpickle
+    try:
+        return cloudpickle.dumps(items)
+    except Exception as e:  # noqa: BLE001 - cloudpickle raises many types
+        raise NotSendable(f"the call's arguments cannot be pickled: {type(e).__name__}: {e}") from e
+
+
+def zygote_main(fd: int) -> None:
+    """The zygote: imports PRELOAD once, then forks one worker per request on socket `fd` (the request carries
+    the worker's end of its pipe) and answers with the worker's pid. Exits when the run closes the socket.
+    Not multiprocessing's forkserver: that one re-runs the user's main script in every worker."""
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001 - a missing optional import only makes the first call slower
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's; its exit closes our socket
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel (no zombies)
+    sock = socket.socket(fileno=fd)
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1, 1)
+        except OSError:
+            return
+        if not msg:
+            return
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # a verifier's own subprocesses must be waitable
+            _die_with_parent()
+            try:
+                _serve(Connection(fds[0]))
+            finally:
+                os._exit(0)
+        os.close(fds[0])
+        try:
+            sock.sendall(struct.pack("q", pid))
+        except OSError:  # the run is gone
+            return
+
+
+class _Zygote:
+    def __init__(self):
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # SLIDE from a checkout too
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", f"from slide.callpool import zygote_main; zygote_main({theirs.fileno()})"],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
+        theirs.close()
+        ours.settimeout(1.0)  # fork() waits in 1 s slices (see there)
+        self.sock, self.lock = ours, threading.Lock()
+
+    def fork(self) -> tuple[int, Connection]:
+        """(pid, connection) of a fresh worker."""
+        ours, theirs = socket.socketpair()
+        try:
+            with self.lock:
+                socket.send_fds(self.sock, [b"f"], [theirs.fileno()])
+                data, waited = b"", 0.0
+                while len(data) < 8:
+                    try:
+                        chunk = self.sock.recv(8 - len(data))
+                    except TimeoutError:  # the zygote is still importing (the first fork): start-up, not a stall
+                        waited += self.sock.gettimeout()
+                        if waited > _LOAD_TIMEOUT_S:
+                            raise OSError(f"the worker zygote did not answer in {_LOAD_TIMEOUT_S:g} s") from None
+                        beat()
+                        continue
+                    if not chunk:
+                        raise OSError(f"the worker zygote exited (code {self.proc.poll()})")
+                    data += chunk
+        finally:
+            theirs.close()
+        return struct.unpack("q", data)[0], Connection(ours.detach())
+
+    def close(self) -> None:
+        self.sock.close()  # the zygote exits on EOF; its idle workers follow (parent-death signal)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# -- the pool -------------------------------------------------------------------------------------------------
+class _Worker:
+    def __init__(self, zygote: _Zygote):
+        self.pid, self.conn = zygote.fork()
+        self.known: set[str] = set()  # function tokens sent to this worker
+        self.dead = False
+
+    def kill(self) -> None:
+        if not self.dead:
+            self.dead = True
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.conn.close()
+
+
+class CallPool:
+    """`workers` reused processes; thread-safe (any number of threads may call at once)."""
+
+    def __init__(self, workers: int = 2):
+        if workers < 1:
+            raise ValueError(f"CallPool: workers must be >= 1 (got {workers})")
+        self.size = workers
+        self._zygote: _Zygote | None = None
+        self._idle: list[_Worker] = []
+        self._count = 0  # workers alive (idle or busy)
+        self._cond = threading.Condition()
+        self._fns: OrderedDict = OrderedDict()  # id(fn) -> (token, payload, fn), the most recent _FNS_HELD
+        self._threads: ThreadPoolExecutor | None = None
+        self.counts: Counter = Counter()  # workers_started, workers_killed (timeouts), workers_died
+        self.closed = False
+
+    def start(self) -> None:
+        """Start the zygote now (it imports SLIDE, torch and math-verify, a few seconds) instead of at the first
+        call: callers that know they will need the pool call this before their own start-up work."""
+        with self._cond:
+            if self._zygote is None and not self.closed:
+                self._zygote = _Zygote()
+
+    # one worker, many calls ----------------------------------------------------------------------------
+    def batch(self, fn: Callable, items: list[tuple], timeout_s: float) -> list[Outcome]:
+        """fn(*args) for each args in items, in order, on one worker; each call gets timeout_s from its start."""
+        token, payload = self._register(fn)
+        out: list[Outcome] = []
+        failed_starts = 0
+        while len(out) < len(items):
+            try:
+                w = self._checkout()
+            except OSError as e:  # no worker can be started (the zygote cannot fork): each call says so
+                return out + [Outcome("raised", WorkerDied(f"no worker process: {e}")) for _ in items[len(out):]]
+            try:
+                done = self._run(w, token, payload, items[len(out):], timeout_s)
+            finally:
+                self._checkin(w)
+            failed_starts = 0 if done else failed_starts + 1
+            if failed_starts == 3:  # workers die before taking a call: say so for every call left
+                err = WorkerDied("worker processes exit before taking a call")
+                out += [Outcome("raised", err) for _ in items[len(out):]]
+            out += done
+        return out
+
+    def call(self, fn: Callable, *args, timeout_s: float) -> Outcome:
+        return self.batch(fn, [args], timeout_s)[0]
+
+    def batches(self, fn: Callable, batches: list[list[tuple]], timeout_s: float) -> list[list[Outcome]]:
+        """One `batch` per list, run in parallel over the workers; results in order."""
+        if len(batches) <= 1:
+            return [self.batch(fn, b, timeout_s) for b in batches]
+        with self._cond:
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(self.size, thread_name_prefix="slide-callpool")
+        return list(self._threads.map(lambda b: self.batch(fn, b, timeout_s), batches))
+
+    def _run(self, w: _Worker, token: str, payload, items: list[tuple], timeout_s: float) -> list[Outcome]:
+        """Run items on w until they are done or one times out / kills the worker (then w is replaced and the
+        outcomes so far are returned, the failed call's included)."""
+        try:
+            if token not in w.known:
+                w.conn.send(("fn", token, payload))
+                if not w.conn.poll(_LOAD_TIMEOUT_S):
+                    raise BrokenPipeError("loading the function timed out")
+                w.conn.recv()
+                w.known.add(token)
+            w.conn.send(("call", token, len(items), _dumps_args(items)))  # unpicklable args raise here
+        except (BrokenPipeError, ConnectionResetError, EOFError):  # it died idle: the caller retries on a fresh one
+            w.kill()
+            return []
+        out: list[Outcome] = []
+        for _ in items:
+            try:
+                ready = w.conn.poll(timeout_s)
+                msg = w.conn.recv() if ready else None
+            except (EOFError, OSError):  # the worker exited mid-call
+                out.append(Outcome("raised", WorkerDied("the worker process exited during the call")))
+                self.counts["workers_died"] += 1
+                w.kill()  # checkin sees it dead and frees its slot; a fresh worker starts on demand
+                return out
+            if msg is None:
+                out.append(Outcome("timeout"))
+                self.counts["workers_killed"] += 1
+                w.kill()
+                return out
+            _, status, value, notes = msg
+            try:
+                value = pickle.loads(value)
+            except Exception as e:  # noqa: BLE001 - e.g. the value's class cannot be imported here
+                status, value = "raised", RuntimeError(f"the call's value could not be loaded: {type(e).__name__}: {e}")
+            out.append(Outcome(status, value, notes))
+            beat()  # progress, for the run's watchdog
+        return out
+
+    def _register(self, fn: Callable) -> tuple[str, tuple[list[str], bytes]]:
+        with self._cond:
+            entry = self._fns.get(id(fn))
+            if entry is None or entry[2] is not fn:
+                payload = _dumps(fn)
+                entry = (hashlib.sha1(payload[1]).hexdigest(), payload, fn)  # holding fn keeps its id unique
+                self._fns[id(fn)] = entry
+                while len(self._fns) > _FNS_HELD:
+                    self._fns.popitem(last=False)
+            self._fns.move_to_end(id(fn))
+            return entry[0], entry[1]
+
+    # workers ----------------------------------------------------------------------------------------------
+    def _checkout(self) -> _Worker:
+        with self._cond:
+            while True:
+                if self.closed:
+                    raise RuntimeError("CallPool is closed")
+                if self._idle:
+                    return self._idle.pop()
+                if self._count < self.size:
+                    self._count += 1
+                    break
+                self._cond.wait()
+        try:
+            w = self._fork()
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+        self.counts["workers_started"] += 1
+        return w
+
+    def _fork(self) -> _Worker:
+        """A fresh worker; a zygote that died (e.g. the OOM killer) is replaced once."""
+        for attempt in (1, 2):
+            self.start()
+            try:
+                return _Worker(self._zygote)
+            except OSError:
+                with self._cond:
+                    dead, self._zygote = self._zygote, None
+                if dead is not None:
+                    dead.close()
+                if attempt == 2:
+                    raise
+
+    def _checkin(self, w: _Worker | None) -> None:
+        with self._cond:
+            if w is not None and not w.dead and not self.closed:
+                self._idle.append(w)
+            else:
+                self._count -= 1
+                if w is not None:
+                    w.kill()
+            self._cond.notify()
+
+    def resize(self, workers: int) -> None:
+        with self._cond:
+            self.size = max(self.size, workers)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+            self._cond.notify_all()
+        for w in idle:
+            w.kill()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)
+        if self._zygote is not None:
+            self._zygote.close()
+
+
+_shared: CallPool | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_pool(workers: int = 2) -> CallPool:
+    """The process's pool (made on first use, grown to the largest size asked for, closed at exit)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared.closed:
+            _shared = CallPool(workers)
+            atexit.register(_shared.close)
+        else:
+            _shared.resize(workers)
+        return _shared
+
+
+def worker_pids(pool: CallPool) -> list[int]:
+    """The idle workers' pids (for tests and debugging)."""
+    with pool._cond:
+        return [w.pid for w in pool._idle]
