@@ -59,4 +59,5 @@ def evaluate(engine, tokenizer, problems: list[Problem], verify: dict, k: int = 
     calls = [s for s in samples if isinstance(s, AgentSample)]
     if calls:
         summary["tool_call_success_rate"] = episode_stats([calls])["tool_call_success_rate"]
-    return {"k": k, "summary": summary, "rows": rows, **reward.pop_stats()}
+    counts = {k: v for k, v in reward.pop_stats().items() if not k.startswith("time/")}  # eval.jsonl: no timings
+    return {"k": k, "summary": summary, "rows": rows, **counts}

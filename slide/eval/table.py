@@ -23,6 +23,9 @@ def print_eval(result: dict, title: str = "evaluation") -> None:
     for (family, level), (prompts, p1, pk) in _cells(result).items():
         table.add_row(family, level, str(prompts), f"{p1:.3f}", *([f"{pk:.3f}"] if pk is not None else []))
     Console().print(table)
+    incidents = {k: v for k, v in result.items() if k.startswith("reward_") and v}
+    if incidents:  # responses scored 0 without a verdict: verifier errors, timeouts, answers refused by the guard
+        Console().print("scored 0 without a verdict: " + ", ".join(f"{k} {v}" for k, v in sorted(incidents.items())))
 
 
 def print_before_after(before: dict, after: dict, labels: tuple[str, str], title: str) -> None:

@@ -9,13 +9,15 @@ by reason. Code rewards run their tests in the bwrap sandbox inside the worker, 
 
     reward = RewardRunner(verify, timeout_s=5.0)
     reward.score([(problem, ["42", "11^889789789"])])   # [[1.0, 0.0]]
-    reward.pop_stats()   # {"reward_errors": 0, "reward_timeouts": 0, "reward_rejected/huge_power": 1}
+    reward.pop_stats()   # {"reward_errors": 0, "reward_timeouts": 0, "reward_rejected/huge_power": 1,
+                         #  "time/reward_s": 0.003}
 """
 from __future__ import annotations
 
 import logging
 import math
 import threading
+import time
 from collections import Counter
 from typing import Any, Callable
 
@@ -67,6 +69,7 @@ class RewardRunner:
         self.pool.start()  # its imports overlap the caller's start-up
         self.counts: Counter = Counter()
         self.in_process = False  # fn cannot be pickled: scored in threads (warned once)
+        self.seconds = 0.0  # wall time in score() since the last pop_stats
         self._lock = threading.Lock()
 
     def __call__(self, problem: Problem, response: str) -> float:
@@ -74,6 +77,7 @@ class RewardRunner:
 
     def score(self, groups: list[tuple[Problem, list[str]]]) -> list[list[float]]:
         """Rewards per group, in order; each group is one message to one worker, groups spread over the pool."""
+        t0 = time.perf_counter()
         batches = [[(problem, r) for r in responses] for problem, responses in groups]
         if not self.in_process:
             try:
@@ -86,7 +90,10 @@ class RewardRunner:
         if self.in_process:
             outcomes = [[Outcome(*bounded_call(self.fn, *args, timeout_s=self.timeout_s)) for args in b]
                         for b in batches]
-        return [[self._value(o) for o in group] for group in outcomes]
+        values = [[self._value(o) for o in group] for group in outcomes]
+        with self._lock:
+            self.seconds += time.perf_counter() - t0
+        return values
 
     def _value(self, o: Outcome) -> float:
         with self._lock:
@@ -103,8 +110,10 @@ class RewardRunner:
                 return 0.0
             return value
 
-    def pop_stats(self) -> dict[str, int]:
+    def pop_stats(self) -> dict[str, float]:
+        """Failure and rejection counts, and time/reward_s (wall seconds spent scoring), since the last call."""
         with self._lock:
-            out = {"reward_errors": 0, "reward_timeouts": 0, **self.counts}
+            out = {"reward_errors": 0, "reward_timeouts": 0, **self.counts, "time/reward_s": self.seconds}
             self.counts.clear()
+            self.seconds = 0.0
         return out
