@@ -45,7 +45,7 @@ from slide.watchdog import beat
 log = logging.getLogger(__name__)
 
 _LOAD_TIMEOUT_S = 120.0  # unpickling a function in a fresh worker (its imports) may take this long
-_FNS_HELD = 64  # pickled functions kept (by identity) so that a repeated call does not pickle again
+_FNS_HELD = 16  # pickled functions kept (by identity) so that a repeated call does not pickle again
 # imported once by the forkserver, so that a fresh worker (and the first call in it) is fast
 PRELOAD = ["slide.tasks", "slide.agent.families", "math_verify", "ray.cloudpickle"]
 
@@ -63,7 +63,24 @@ class WorkerDied(RuntimeError):
 
 
 class NotSendable(TypeError):
-    """The function cannot be pickled (not even by cloudpickle): it cannot run in a worker."""
+    """The function (or a call's arguments) cannot be pickled, not even by cloudpickle."""
+
+
+class PoolClosed(OSError):
+    """The pool was closed while a call waited for a worker."""
+
+
+class RemoteError(RuntimeError):
+    """An exception raised inside a call, as its type name and message: an exception object itself could carry
+    anything (a sympy object rebuilds by evaluating itself when unpickled, in the caller, holding the GIL).
+    Exception classes that set `sent_as_is = True` (and pickle to plain data) travel as themselves."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+
+    def __reduce__(self):
+        return RemoteError, (self.type_name, str(self).split(": ", 1)[-1])
 
 
 # -- incidents counted inside a call ------------------------------------------------------------------------
@@ -103,13 +120,16 @@ def _die_with_parent() -> None:
 
 
 def _sendable(status: str, value: Any, notes: dict) -> tuple[str, bytes, dict]:
-    """(status, the value cloudpickled, notes); a value that cannot be pickled becomes a raised RuntimeError."""
+    """(status, the value cloudpickled, notes); an exception as a RemoteError unless its class is `sent_as_is`;
+    a value that cannot be pickled becomes a raised RemoteError."""
     from ray import cloudpickle
+    if status == "raised" and not getattr(value, "sent_as_is", False):
+        value = RemoteError(type(value).__name__, str(value)[:500])
     try:
         return status, cloudpickle.dumps(value), notes
-    except Exception as e:  # noqa: BLE001 - e.g. a lock, or an exception type with required arguments
-        why = RuntimeError(f"the call's {'result' if status == 'ok' else 'error'} could not be sent back: "
-                           f"{type(value).__name__}: {e}"[:300])
+    except Exception as e:  # noqa: BLE001 - e.g. a lock, a generator
+        why = RemoteError(type(e).__name__, f"the call's {'result' if status == 'ok' else 'error'} could not be "
+                                            f"sent back: {type(value).__name__}: {e}"[:300])
         return "raised", pickle.dumps(why), notes
 
 
@@ -135,8 +155,8 @@ def _serve(conn: Connection) -> None:
         try:
             items = pickle.loads(payload)
         except Exception as e:  # noqa: BLE001 - e.g. an argument's class cannot be imported here
-            failed = _sendable("raised", RuntimeError(f"the call's arguments could not be loaded in the worker: "
-                                                      f"{type(e).__name__}: {e}"[:300]), {})
+            failed = _sendable("raised", RemoteError(type(e).__name__, f"the call's arguments could not be loaded "
+                                                                     f"in the worker: {e}"[:300]), {})
             for i in range(n):
                 conn.send((i, *failed))
             continue
@@ -258,15 +278,19 @@ class _Worker:
     def __init__(self, zygote: _Zygote):
         self.pid, self.conn = zygote.fork()
         self.known: set[str] = set()  # function tokens sent to this worker
+        self.used = False  # it has answered a call (a fresh worker that dies at once counts as a failed start)
         self.dead = False
 
-    def kill(self) -> None:
+    def kill(self, signal_it: bool = True) -> None:
+        """Stop using it; SIGKILL it only when it is known to be alive (a worker seen dead is reaped at once by
+        the zygote, and its pid may already be another process's)."""
         if not self.dead:
             self.dead = True
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            if signal_it:
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.conn.close()
 
 
@@ -286,12 +310,15 @@ class CallPool:
         self.counts: Counter = Counter()  # workers_started, workers_killed (timeouts), workers_died
         self.closed = False
 
-    def start(self) -> None:
+    def start(self) -> _Zygote:
         """Start the zygote now (it imports SLIDE, torch and math-verify, a few seconds) instead of at the first
         call: callers that know they will need the pool call this before their own start-up work."""
         with self._cond:
-            if self._zygote is None and not self.closed:
+            if self.closed:
+                raise PoolClosed("the call pool is closed")
+            if self._zygote is None:
                 self._zygote = _Zygote()
+            return self._zygote
 
     # one worker, many calls ----------------------------------------------------------------------------
     def batch(self, fn: Callable, items: list[tuple], timeout_s: float) -> list[Outcome]:
@@ -302,13 +329,14 @@ class CallPool:
         while len(out) < len(items):
             try:
                 w = self._checkout()
-            except OSError as e:  # no worker can be started (the zygote cannot fork): each call says so
+            except OSError as e:  # no worker can be started (the zygote cannot fork), or closed: each call says so
                 return out + [Outcome("raised", WorkerDied(f"no worker process: {e}")) for _ in items[len(out):]]
+            fresh = not w.used
             try:
                 done = self._run(w, token, payload, items[len(out):], timeout_s)
             finally:
                 self._checkin(w)
-            failed_starts = 0 if done else failed_starts + 1
+            failed_starts = failed_starts + 1 if fresh and not done else 0
             if failed_starts == 3:  # workers die before taking a call: say so for every call left
                 err = WorkerDied("worker processes exit before taking a call")
                 out += [Outcome("raised", err) for _ in items[len(out):]]
@@ -329,7 +357,19 @@ class CallPool:
 
     def _run(self, w: _Worker, token: str, payload, items: list[tuple], timeout_s: float) -> list[Outcome]:
         """Run items on w until they are done or one times out / kills the worker (then w is replaced and the
-        outcomes so far are returned, the failed call's included)."""
+        outcomes so far are returned, the failed call's included). An exception here (an interrupt) kills w:
+        a worker left mid-batch would answer the next batch with this one's results."""
+        try:
+            return self._exchange(w, token, payload, items, timeout_s)
+        except BaseException:
+            w.kill()
+            raise
+
+    def _exchange(self, w: _Worker, token: str, payload, items: list[tuple], timeout_s: float) -> list[Outcome]:
+        try:
+            args = _dumps_args(items)
+        except NotSendable as e:  # this batch's arguments: its calls fail, the worker and the function are fine
+            return [Outcome("raised", e) for _ in items]
         try:
             if token not in w.known:
                 w.conn.send(("fn", token, payload))
@@ -337,9 +377,9 @@ class CallPool:
                     raise BrokenPipeError("loading the function timed out")
                 w.conn.recv()
                 w.known.add(token)
-            w.conn.send(("call", token, len(items), _dumps_args(items)))  # unpicklable args raise here
+            w.conn.send(("call", token, len(items), args))
         except (BrokenPipeError, ConnectionResetError, EOFError):  # it died idle: the caller retries on a fresh one
-            w.kill()
+            w.kill(signal_it=False)
             return []
         out: list[Outcome] = []
         for _ in items:
@@ -349,7 +389,7 @@ class CallPool:
             except (EOFError, OSError):  # the worker exited mid-call
                 out.append(Outcome("raised", WorkerDied("the worker process exited during the call")))
                 self.counts["workers_died"] += 1
-                w.kill()  # checkin sees it dead and frees its slot; a fresh worker starts on demand
+                w.kill(signal_it=False)  # checkin sees it dead and frees its slot; a fresh worker starts on demand
                 return out
             if msg is None:
                 out.append(Outcome("timeout"))
@@ -362,6 +402,7 @@ class CallPool:
             except Exception as e:  # noqa: BLE001 - e.g. the value's class cannot be imported here
                 status, value = "raised", RuntimeError(f"the call's value could not be loaded: {type(e).__name__}: {e}")
             out.append(Outcome(status, value, notes))
+            w.used = True
             beat()  # progress, for the run's watchdog
         return out
 
@@ -382,7 +423,7 @@ class CallPool:
         with self._cond:
             while True:
                 if self.closed:
-                    raise RuntimeError("CallPool is closed")
+                    raise PoolClosed("the call pool is closed")
                 if self._idle:
                     return self._idle.pop()
                 if self._count < self.size:
@@ -402,14 +443,14 @@ class CallPool:
     def _fork(self) -> _Worker:
         """A fresh worker; a zygote that died (e.g. the OOM killer) is replaced once."""
         for attempt in (1, 2):
-            self.start()
+            zygote = self.start()
             try:
-                return _Worker(self._zygote)
+                return _Worker(zygote)
             except OSError:
                 with self._cond:
-                    dead, self._zygote = self._zygote, None
-                if dead is not None:
-                    dead.close()
+                    if self._zygote is zygote:  # another thread may have replaced it already
+                        self._zygote = None
+                zygote.close()
                 if attempt == 2:
                     raise
 

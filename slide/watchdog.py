@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import shutil
 import sys
 import threading
 import time
@@ -34,10 +35,15 @@ EXIT_STALLED = 3
 
 _last = [time.monotonic()]  # the process's last beat (a list: assignment from any thread is atomic)
 _armed: list["Watchdog"] = []  # the active watchdog, re-armed on beats (faulthandler's backstop)
+_fired = threading.Event()  # set when the watchdog ends the run: no thread gets past a beat any more
 
 
 def beat() -> None:
-    """Record progress (cheap: callable from any thread, any number of times per second)."""
+    """Record progress (cheap: callable from any thread, any number of times per second). Once the watchdog
+    has fired, a thread that reaches a beat waits there for the exit: a step that was only slow must not
+    move the weights while the checkpoint of the step before is being written."""
+    if _fired.is_set():
+        threading.Event().wait()  # never set: the watchdog's os._exit ends this thread
     now = time.monotonic()
     _last[0] = now
     if _armed:
@@ -77,7 +83,7 @@ class Watchdog:
                 (self.run_dir / "stall-stacks.txt").unlink(missing_ok=True)
 
     def _rearm(self, now: float) -> None:
-        if now - self._armed_at > 1.0:  # at most once a second: a re-arm starts a C thread
+        if now - self._armed_at > 1.0 and not self._stacks.closed:  # at most once a second: it starts a C thread
             self._armed_at = now
             faulthandler.dump_traceback_later(self.stall_s + self.grace_s, exit=True, file=self._stacks)
 
@@ -88,7 +94,9 @@ class Watchdog:
                 self._fire(idle)
 
     def _fire(self, idle: float) -> None:
-        faulthandler.cancel_dump_traceback_later()  # this thread runs, so it does the dump
+        _fired.set()
+        # the backstop stays armed (grace_s from now): a save that blocks (a hung GPU) still ends the run
+        faulthandler.dump_traceback_later(self.grace_s, exit=True, file=self._stacks)
         dump = self.run_dir / f"stall-step{self.step}.txt"
         dump.write_text(stacks(f"no progress for {idle:.0f} s in step {self.step}"))
         try:
@@ -101,6 +109,22 @@ class Watchdog:
               f"of every thread in {dump}; {where}; continue with: slide rl --resume {self.run_dir}",
               file=sys.stderr, flush=True)
         os._exit(EXIT_STALLED)
+
+
+def boundary_checkpoint(run_dir, step: int, changed: Callable[[], bool], write: Callable[[], Path]) -> Path | None:
+    """The checkpoint of `step` for a stalled run: the periodic one if it exists, else `write()` unless `changed()`
+    (the weights moved since step `step` ended). Removed again if they moved during the write (a slow step that
+    was still updating: it may be torn); None then."""
+    existing = run_dir.ckpt_dir / f"step_{step:06d}"
+    if (existing / "state.pt").is_file():
+        return existing
+    if changed():
+        return None
+    path = write()
+    if changed():
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+    return path
 
 
 def stacks(title: str) -> str:

@@ -18,7 +18,10 @@ CORPUS = [
     ("12\x0034", "bad_text"),
     (b"\xff\xfe3889\xc3".decode("utf-8", "surrogateescape"), "bad_text"),
     (b"\xff\xfe3889\xc3".decode("utf-8", "replace"), None),
-    ("\\binom{10^{9}}{5\\cdot 10^{8}}", None),
+    ("\\binom{10^{9}}{5\\cdot 10^{8}}", "huge_factorial"),
+    ("\\Gamma(10^{8})", "huge_factorial"),
+    ("(x+1)^{10^{4}}", "huge_power"),
+    ("x²+10⁶", None),
 ]
 def pick(response: str) -> str | None:
     """The corpus entry a response stands for (by a hash stable across processes), None (a hang) for a third."""

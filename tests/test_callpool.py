@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from slide.callpool import CallPool, WorkerDied, note, worker_pids
+from slide.agent.env import InvalidCall
+from slide.callpool import CallPool, RemoteError, WorkerDied, note, worker_pids
 
 
 def gil_hang(x):
@@ -69,8 +70,15 @@ def test_crashes_exceptions_and_unsendable_results_are_data(pool):
 
     out = pool.call(crash, 0, timeout_s=5)
     assert out.status == "raised" and isinstance(out.value, WorkerDied)
-    out = pool.call(bug, 0, timeout_s=5)
-    assert out.status == "raised" and isinstance(out.value, ValueError) and "verifier bug" in str(out.value)
+    out = pool.call(bug, 0, timeout_s=5)  # as type name and message: an exception object could carry anything
+    assert out.status == "raised" and isinstance(out.value, RemoteError) and out.value.type_name == "ValueError"
+    assert str(out.value) == "ValueError: verifier bug"
+
+    def refuse(_):
+        raise InvalidCall("bad_arguments", "no such expression")
+
+    out = pool.call(refuse, 0, timeout_s=5)  # sent_as_is: the episode runner needs its reason
+    assert isinstance(out.value, InvalidCall) and out.value.reason == "bad_arguments"
     out = pool.call(unsendable, 0, timeout_s=5)
     assert out.status == "raised" and "could not be sent back" in str(out.value)
     assert pool.call(gil_hang, 5, timeout_s=5).value == 10

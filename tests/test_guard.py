@@ -34,6 +34,19 @@ from slide.tasks.guard import MAX_DIGITS, check
     ("\\frac{1}{2^{64}}", None),
     ("1.5\\times 10^{300}", None),
     ("x^2 + 3x - 1", None),
+    # symbolic exponents and factorials are not expanded: correct answers math-verify checks in < 1 s
+    ("e^{-\\frac{1}{2}\\left(\\frac{x-\\mu}{\\sigma}\\right)^{2}}", None),
+    ("e^{-\\left(\\frac{x}{\\lambda}\\right)^{k}}", None),
+    ("\\frac{(a_1+a_2+a_3)!}{a_1!a_2!a_3!}", None),
+    ("x_{1}^{x_{2}^{x_{3}}}", None),
+    ("x^{10^{9}}", None),
+    ("(x+1)^{1000}", None),
+    ("(x+1)^{1001}", "huge_power"),  # a bracketed symbolic base: simplify expands it
+    ("\\binom{10}{3}", None),
+    ("\\binom{10^{6}}{10}", None),  # <= (10^6)^10: 60 digits
+    ("\\binom{10^{9}}{5\\cdot 10^{8}}", "huge_factorial"),
+    ("\\Gamma(10^{8})", "huge_factorial"),
+    ("x²", None),  # unicode digits are symbols, not numbers (int("²") raises)
     ("(" * 33 + "1" + ")" * 33, "nesting"),
     ("(" * 32 + "1" + ")" * 32, None),
     ("1" * 1001, "too_long"),

@@ -46,9 +46,14 @@ class InvalidCall(Exception):
     """Raised by `Env.step` for a call the env refuses as malformed (beyond the schema check the runner
     already made): the episode ends as "failed" with reward 0 and `reason` counted."""
 
+    sent_as_is = True  # comes back from a call-pool worker as itself (slide/callpool.py), reason intact
+
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+    def __reduce__(self):
+        return InvalidCall, (self.reason, str(self))
 
 
 class Env(Protocol):

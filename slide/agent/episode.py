@@ -113,15 +113,19 @@ def encode_conversation(tok, messages: list[dict], tools: list[dict] | None = No
     return ids, mask
 
 
-_POOL_SLACK_S = 2.0  # an isolated env's call is killed at its timeout in the pool; the thread waits this longer
-
-
 def _bounded(env: Env, method: str, *args, timeout_s: float) -> tuple[str, Any]:
-    """env.method(*args) under bounded_call; an isolated env's CallTimeout (the pool killed the call) is a timeout.
-    Notes the call counted in the pool (e.g. guard rejections) are for the caller to pop (_count_notes)."""
-    slack = _POOL_SLACK_S if getattr(env, "isolate", False) else 0.0
-    status, value = bounded_call(getattr(env, method), *args, timeout_s=timeout_s + slack)
-    return ("timeout", None) if isinstance(value, CallTimeout) else (status, value)
+    """("ok", value), ("raised", exception) or ("timeout", None) of env.method(*args). An isolated env's calls
+    run in the call pool, which kills one at its timeout (CallTimeout): called here, without a thread (a thread
+    that gave up waiting would later write a stale env state back). Any other env: under bounded_call. Notes
+    the call counted in the pool (e.g. guard rejections) are for the caller to pop (_count_notes)."""
+    if getattr(env, "isolate", False):
+        try:
+            return "ok", getattr(env, method)(*args)
+        except CallTimeout:
+            return "timeout", None
+        except Exception as e:  # noqa: BLE001 - an env bug is data, not a crash
+            return "raised", e
+    return bounded_call(getattr(env, method), *args, timeout_s=timeout_s)
 
 
 def _count_notes(ep: "_Episode") -> None:

@@ -20,7 +20,7 @@ from slide.config import AgentSpec
 from slide.engine.inprocess import SamplingParams
 from slide.eval.passk import pass_at_k
 from slide.model.tokenizer import stop_token_ids
-from slide.rl.reward import ByFamily, RewardRunner
+from slide.rl.reward import RewardRunner, by_family
 from slide.rl.rollout import Rollout
 from slide.tasks.base import Problem
 
@@ -76,7 +76,7 @@ def measure(engine, tokenizer, problems: list[Problem], verify: dict, k: int, te
         raise ValueError(f"measure: no verifier for families {missing} (verify has {sorted(verify)})")
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens,
                             stop_token_ids=tuple(stop_token_ids(tokenizer)))
-    reward = RewardRunner(ByFamily(verify), timeout_s)
+    reward = RewardRunner(by_family(verify), timeout_s)
     rollout = Rollout(engine, tokenizer, params, k, reward, thinking, agent)
     out: list[dict] = []
     for start in range(0, len(problems), prompts_per_batch):

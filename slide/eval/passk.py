@@ -14,7 +14,7 @@ from slide.agent.episode import AgentSample, episode_stats
 from slide.config import AgentSpec
 from slide.engine.inprocess import SamplingParams
 from slide.model.tokenizer import stop_token_ids
-from slide.rl.reward import ByFamily, RewardRunner
+from slide.rl.reward import RewardRunner, by_family
 from slide.rl.rollout import Rollout
 from slide.tasks.base import Problem
 
@@ -39,7 +39,7 @@ def evaluate(engine, tokenizer, problems: list[Problem], verify: dict, k: int = 
     tool-call success rate."""
     params = SamplingParams(temperature=0.0 if k == 1 else temperature, max_new_tokens=max_new_tokens,
                             stop_token_ids=tuple(stop_token_ids(tokenizer)))
-    reward = RewardRunner(ByFamily(verify), timeout_s)  # verifiers run in the call pool's processes
+    reward = RewardRunner(by_family(verify), timeout_s)  # verifiers run in the call pool's processes
     groups = Rollout(engine, tokenizer, params, k, reward, thinking, agent).groups(problems, generator=generator)
     cells: dict[tuple[str, int], list] = defaultdict(list)
     for problem, group in zip(problems, groups):

@@ -30,7 +30,7 @@ from slide.rl.metrics import Timer, step_metrics
 from slide.rl.parts import build
 from slide.rl.worker import WorkerPool
 from slide.rundir import RunDir, rng_state
-from slide.watchdog import Watchdog, beat
+from slide.watchdog import Watchdog, beat, boundary_checkpoint
 from slide.tasks.base import Problem
 from slide.weights.buckets import WeightSync
 
@@ -124,8 +124,9 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     def boundary(step: int):
         """For the watchdog: writes step - 1's checkpoint (state as of now) unless an update has happened since."""
         snap, updates = state() | {"rng": rng_state()}, trainer.updates
-        return lambda: None if trainer.updates != updates else \
-            run_dir.save_checkpoint(step - 1, policy, tok, {"trainer": trainer.state_dict(), **snap})
+        return lambda: boundary_checkpoint(run_dir, step - 1, lambda: trainer.updates != updates, lambda:
+                                           run_dir.save_checkpoint(step - 1, policy, tok,
+                                                                   {"trainer": trainer.state_dict(), **snap}))
 
     with pool, Watchdog(run_dir.path, cfg.watchdog_s) as dog:  # a stalled step ends the run with its stacks
         for step in range(p.start + 1, cfg.steps + 1):

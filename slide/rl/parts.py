@@ -17,12 +17,13 @@ from slide.model.load import load_policy
 from slide.model.tokenizer import load_tokenizer, stop_token_ids
 from slide.rl.curriculum import make_source
 from slide.rl.data import PromptSource, eval_problems
-from slide.rl.reward import ByFamily, RewardRunner
+from slide.rl.reward import RewardRunner, by_family
 from slide.rl.temperature import DynamicTemperature
 from slide.rl.trainer import PolicyTrainer
 from slide.rundir import load_state, rng_state, set_rng_state
 from slide.tasks import parse_task_specs
 from slide.tasks.user_reward import load_reward
+from slide.watchdog import boundary_checkpoint
 from slide.tasks.base import Problem
 
 
@@ -67,10 +68,9 @@ class Parts:
         updates = self.trainer.updates
 
         def save() -> Path | None:
-            if self.trainer.updates != updates:
-                return None
-            return run_dir.save_checkpoint(step - 1, self.policy, self.tok, {"trainer": self.trainer.state_dict(),
-                                                                             **snap})
+            return boundary_checkpoint(run_dir, step - 1, lambda: self.trainer.updates != updates,
+                                       lambda: run_dir.save_checkpoint(step - 1, self.policy, self.tok, {
+                                           "trainer": self.trainer.state_dict(), **snap}))
         return save
 
     def checkpoint_state(self) -> dict:
@@ -86,7 +86,7 @@ def sampling_params(cfg: RLConfig, tok) -> SamplingParams:
 
 def reward_runner(verify: dict, spec) -> RewardRunner:
     """The run's verifiers scored in the call pool under rollout spec's timeout and worker count."""
-    return RewardRunner(ByFamily(verify), spec.reward_timeout_s, spec.reward_workers)
+    return RewardRunner(by_family(verify), spec.reward_timeout_s, spec.reward_workers)
 
 
 def build(cfg: RLConfig, ckpt=None) -> Parts:

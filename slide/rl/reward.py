@@ -49,14 +49,29 @@ def bounded_call(fn: Callable, *args, timeout_s: float) -> tuple[str, Any]:
 
 
 class ByFamily:
-    """(problem, response) -> verify[problem.family](problem, response): the verifiers of a run as one picklable
-    reward function (sent to each pool worker once)."""
+    """(problem, response) -> float(verify[problem.family](problem, response)): the verifiers of a run as one
+    picklable reward function (sent to each pool worker once). The value becomes a plain float in the worker:
+    whatever a verifier returns (a sympy number, say) is never rebuilt in the run's process."""
 
     def __init__(self, verify: dict[str, Callable]):
         self.verify = verify
 
     def __call__(self, problem: Problem, response: str) -> float:
-        return self.verify[problem.family](problem, response)
+        return float(self.verify[problem.family](problem, response))
+
+
+_by_family: dict[int, ByFamily] = {}
+
+
+def by_family(verify: dict[str, Callable]) -> ByFamily:
+    """One ByFamily per verify dict (held, so its id stays its own): every evaluation of a run reuses the
+    function its workers already have, instead of pickling the verifiers (a whole dataset) again."""
+    fn = _by_family.get(id(verify))
+    if fn is None or fn.verify is not verify:
+        if len(_by_family) >= 8:
+            _by_family.pop(next(iter(_by_family)))
+        fn = _by_family[id(verify)] = ByFamily(verify)
+    return fn
 
 
 class RewardRunner:

@@ -99,12 +99,12 @@ def math_verify_equal(pred: str, ref: str) -> bool:
     counted as `rejected/<reason>` for the call pool's caller."""
     if not pred.strip() or not ref.strip():
         return False
-    for text in (pred, ref):
-        reason = check(text)
-        if reason is not None:
-            note(f"rejected/{reason}")
-            return False
     try:
+        for text in (pred, ref):
+            reason = check(text)
+            if reason is not None:
+                note(f"rejected/{reason}")
+                return False
         # Imported lazily: math_verify pulls in sympy, which is slow to import.
         from math_verify import parse, verify
 
