@@ -86,12 +86,14 @@ def score(problem, response):
 
 
 def test_a_run_stopped_by_the_watchdog_resumes_as_if_never_stopped(sft_model, tmp_path, monkeypatch):
-    """Step 3's rollout hangs in a reward call (reward timeout 120 s, watchdog 3 s): the run ends with status
-    3 and the checkpoint of step 2; resumed, it ends with the metrics and trajectories of a run never stopped."""
+    """Step 3's rollout hangs in a reward call (reward timeout 120 s, watchdog 15 s: longer than any phase of
+    these steps takes on a loaded 2-core machine, where 3 s once fired in step 3's generate, before the hang):
+    the run ends with status 3 and the checkpoint of step 2; resumed, it ends with the metrics and trajectories
+    of a run never stopped."""
     rows = "".join(json.dumps({"prompt": f"What is {i}+{i}?", "answer": str(2 * i)}) + "\n" for i in range(1, 9))
     args = [f"model.init={sft_model[0]}", "steps=4", "save_every=10", "eval_every=0", "rollout.prompts_per_step=2",
             "rollout.n=4", "rollout.max_new_tokens=16", "train.micro_batch=8", "algo.dynamic_sampling=false",
-            "data.eval_prompts=4", "data.reward=oncehang:score", "rollout.reward_timeout_s=120", "watchdog_s=3"]
+            "data.eval_prompts=4", "data.reward=oncehang:score", "rollout.reward_timeout_s=120", "watchdog_s=15"]
     for name in ("straight", "stalled"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "oncehang.py").write_text(ONCE.replace("{after}", str(2 * 2 * 4)))  # 2 steps' calls
