@@ -88,14 +88,12 @@ def cmd_eval(a) -> None:
     from slide.engine.inprocess import InProcessEngine
     from slide.eval.passk import evaluate, verifiers
     from slide.eval.table import print_eval
-    from slide.model.load import load_model
-    from slide.model.tokenizer import load_tokenizer
+    from slide.model.load import load_with_tokenizer
     from slide.rl.data import eval_problems
     from slide.tasks import parse_task_specs
     if a.k < 1:
         raise UserError(f"--k must be >= 1, got {a.k}")
-    model = load_model(a.model, "--model")
-    tok = load_tokenizer(a.model if (Path(a.model) / "tokenizer.json").is_file() else None)
+    model, tok = load_with_tokenizer(a.model, "--model")
     specs = parse_task_specs(a.data)
     problems = eval_problems(specs, a.prompts, a.seed)
     result = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=a.k,

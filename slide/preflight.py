@@ -1,6 +1,8 @@
-"""Check a run's inputs before anything is written: data specs parse, datasets load, checkpoints exist."""
+"""Check a run's inputs before anything is written: data specs parse, datasets load, checkpoints exist and carry
+a tokenizer that fits their embeddings, and the tasks suit the checkpoint's chat format."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from slide.errors import UserError
@@ -10,12 +12,32 @@ from slide.tasks.user_reward import load_reward
 
 def check_inputs(data_specs: list[str | None], model_init: str | None, reward: str | None = None) -> None:
     load_reward(reward)  # data.reward imports and names a function
-    for spec in data_specs:
-        if spec is not None:
-            parse_task_specs(spec)  # raises UserError naming the file/row/item
+    specs = [task for spec in data_specs if spec is not None for task, _ in parse_task_specs(spec)]  # file/row/item
     if model_init is not None:
         p = Path(model_init)
         if not p.is_dir():
             raise UserError(f"model.init {model_init!r}: no such checkpoint folder")
         if not (p / "config.json").is_file():
             raise UserError(f"model.init {model_init!r}: not a Hugging Face checkpoint (no config.json)")
+        _check_tokenizer(p, model_init, specs)
+
+
+def _check_tokenizer(folder: Path, init: str, tasks: list) -> None:
+    """The checkpoint's tokenizer loads, fits the embeddings (config.json's vocab_size), has a stop token, and
+    is GLM's character format if any task runs multi-turn episodes."""
+    from slide.agent.families import AGENT_FAMILIES
+    from slide.model.load import check_vocab
+    from slide.model.tokenizer import require_glm_chat, stop_token_ids, tokenizer_for
+
+    tok = tokenizer_for(init)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"model.init {init!r}: config.json is not valid JSON ({e.msg})") from None
+    rows = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    if isinstance(rows, int):
+        check_vocab(tok, rows, f"model.init {init!r}")
+    stop_token_ids(tok)
+    agentic = sorted({t.name for t in tasks if t.name in AGENT_FAMILIES})
+    if agentic:
+        require_glm_chat(tok, f"the agentic tasks {', '.join(agentic)}")

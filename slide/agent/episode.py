@@ -46,6 +46,7 @@ from slide.model.tokenizer import (
     assistant_text,
     chat_prompt,
     parse_assistant,
+    require_glm_chat,
     stop_token_ids,
 )
 from slide.agent.isolated import CallTimeout
@@ -249,6 +250,7 @@ def run_episodes(engine, tokenizer, problems: list[Problem], env_factory: EnvFac
     if n < 1 or max_turns < 1 or max_tokens < 1:
         raise ValueError(f"run_episodes: n, max_turns and max_tokens must be >= 1 "
                          f"(got {n}, {max_turns}, {max_tokens})")
+    require_glm_chat(tokenizer, "multi-turn agent episodes")  # observation turns are built as GLM text
     run = _Run(tokenizer, replace(params, stop_token_ids=tuple(stop_token_ids(tokenizer))), max_turns, max_tokens,
                thinking, step_timeout_s, reward_timeout_s, before_turn or (lambda: None))
     version = getattr(engine, "version", 0)

@@ -35,8 +35,7 @@ def cmd_measure(a) -> None:
     from slide.datatools.pass_rates import measure, with_measurements
     from slide.datatools.problems import row_problems, row_verifiers
     from slide.engine.inprocess import InProcessEngine
-    from slide.model.load import load_model
-    from slide.model.tokenizer import load_tokenizer
+    from slide.model.load import load_with_tokenizer
     from slide.progress import StepProgress
     for flag, value, low in (("--k", a.k, 1), ("--max-new-tokens", a.max_new_tokens, 1),
                              ("--prompts-per-batch", a.prompts_per_batch, 1)):
@@ -47,8 +46,7 @@ def cmd_measure(a) -> None:
     check_output(a.out, a.inp)
     rows = read_rows(a.inp)
     problems = row_problems(rows, a.inp)
-    model = load_model(a.model, "--model")
-    tok = load_tokenizer(a.model if (Path(a.model) / "tokenizer.json").is_file() else None)
+    model, tok = load_with_tokenizer(a.model, "--model")
     with StepProgress("measure", len(problems), ["pass_rate"]) as bar:
         stats = measure(InProcessEngine(model, tok.pad_token_id), tok, problems, row_verifiers(), a.k,
                         temperature=a.temperature, max_new_tokens=a.max_new_tokens,

@@ -26,10 +26,30 @@ def load_model(path: str, what: str = "model"):
 
 
 def load_policy(init: str | None, size: str, tokenizer, seed: int):
-    """The checkpoint at `init`, or a fresh tiny glm4_moe at `size`."""
+    """The checkpoint at `init` (its tokenizer checked against its embeddings), or a fresh tiny glm4_moe at `size`."""
     if init:
-        return load_model(init, "model.init")
+        model = load_model(init, "model.init")
+        check_vocab(tokenizer, model.get_input_embeddings().num_embeddings, f"model.init {init!r}")
+        return model
     return build_model(tiny_config(size, tokenizer), seed).eval()
+
+
+def load_with_tokenizer(path: str, what: str):
+    """(model, tokenizer) of a checkpoint folder: its own tokenizer, checked against its embeddings; the bundled
+    one only for a folder without tokenizer files (a SLIDE model saved without it)."""
+    from slide.model.tokenizer import load_tokenizer
+    model = load_model(path, what)
+    has_own = any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    tok = load_tokenizer(path, what) if has_own else load_tokenizer()
+    check_vocab(tok, model.get_input_embeddings().num_embeddings, f"{what} {path!r}")
+    return model, tok
+
+
+def check_vocab(tokenizer, rows: int, what: str) -> None:
+    """A UserError if the tokenizer can produce ids the embedding table (`rows` rows) does not have."""
+    if len(tokenizer) > rows:
+        raise UserError(f"{what}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings only {rows} "
+                        f"rows; ids past {rows - 1} would index outside them (a tokenizer from another model?)")
 
 
 def cast_for_compute(model, dtype: torch.dtype):

@@ -14,6 +14,7 @@ tokenizer is per character, so the token ids of a concatenation are the concaten
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -32,25 +33,88 @@ RESPONSE_OPEN, RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
 _TOOL_TAGS = (CALL_OPEN, CALL_CLOSE, KEY_OPEN, KEY_CLOSE, VALUE_OPEN, VALUE_CLOSE, RESPONSE_OPEN, RESPONSE_CLOSE)
 
 
-def load_tokenizer(path: str | Path | None = None):
-    """The tokenizer at `path` (a folder holding tokenizer.json, e.g. a checkpoint), or the bundled one."""
+def load_tokenizer(path: str | Path | None = None, what: str = "tokenizer path"):
+    """The tokenizer saved in folder `path` (a checkpoint: tokenizer.json or tokenizer_config.json), or the
+    bundled one. A checkpoint's stop ids (its generation_config.json eos ids, and the tokenizer's eos) ride along
+    for `stop_token_ids`."""
     from transformers import AutoTokenizer
 
     folder = TOKENIZER_DIR if path is None else Path(path)
-    if not (folder / "tokenizer.json").is_file():
-        raise UserError(
-            f"tokenizer path {str(folder)!r}: no tokenizer.json there; give a folder saved by "
-            "save_pretrained (a SLIDE checkpoint) or leave it unset for the bundled tokenizer"
-        )
-    return AutoTokenizer.from_pretrained(str(folder))
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise UserError(f"{what} {str(folder)!r}: no tokenizer files there (tokenizer.json or tokenizer_config.json); "
+                        f"save the tokenizer with the checkpoint (tokenizer.save_pretrained(folder))")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a broken tokenizer folder
+        raise UserError(f"{what} {str(folder)!r}: cannot load its tokenizer ({_first_line(e)})") from None
+    tok.slide_stop_ids = _checkpoint_stop_ids(folder, tok)
+    return tok
+
+
+def tokenizer_for(init: str | Path | None):
+    """The tokenizer a run uses: the checkpoint's own for `model.init`, the bundled one for the built-in model."""
+    return load_tokenizer(init, "model.init") if init else load_tokenizer()
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _checkpoint_stop_ids(folder: Path, tok) -> list[int]:
+    ids: list[int] = []
+    gen = folder / "generation_config.json"
+    if gen.is_file():
+        try:
+            eos = json.loads(gen.read_text()).get("eos_token_id")
+        except (json.JSONDecodeError, AttributeError):
+            eos = None
+        ids += eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
+    if tok.eos_token_id is not None:
+        ids.append(tok.eos_token_id)
+    return list(dict.fromkeys(i for i in ids if isinstance(i, int)))
+
+
+def glm_chat(tok) -> bool:
+    """Whether `tok` is SLIDE's character tokenizer with its GLM-4.5 template (the built-in tiny model's, also
+    saved in every checkpoint of it). Its text concatenates token by token, so prompts, SFT targets and agent
+    turns can be built from text pieces (assistant_text, observation_text). Any other checkpoint's tokenizer
+    is rendered through its own chat template."""
+    cached = getattr(tok, "slide_glm_chat", None)
+    if cached is None:
+        bundled = _bundled()
+        cached = tok.chat_template == bundled.chat_template and tok.get_vocab() == bundled.get_vocab()
+        tok.slide_glm_chat = cached
+    return cached
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
 
 
 def stop_token_ids(tok) -> list[int]:
-    """Ids that end an assistant turn: <|endoftext|>, <|user|>, <|observation|> (in that order)."""
+    """Ids that end an assistant turn. GLM's (bundled tokenizer): <|endoftext|>, <|user|>, <|observation|>, in
+    that order. Any other tokenizer: its checkpoint's eos ids (generation_config.json, then the tokenizer's)."""
+    if not glm_chat(tok):
+        ids = getattr(tok, "slide_stop_ids", None) or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+        if not ids:
+            raise UserError(f"tokenizer {getattr(tok, 'name_or_path', '?')!r}: no stop token (no eos_token_id in "
+                            f"generation_config.json or the tokenizer); set one so that generation can end")
+        return list(ids)
     ids = tok.convert_tokens_to_ids(list(STOP_TOKENS))
     if any(i is None or i == tok.unk_token_id for i in ids):
         raise UserError(f"tokenizer {getattr(tok, 'name_or_path', '?')!r} lacks one of the stop tokens {STOP_TOKENS}")
     return ids
+
+
+def require_glm_chat(tok, what: str) -> None:
+    """A UserError unless `tok` is the GLM character format (what agent episodes and tool-trace SFT build on)."""
+    if not glm_chat(tok):
+        raise UserError(f"{what} needs SLIDE's GLM chat format (the built-in model's tokenizer); the checkpoint "
+                        f"{getattr(tok, 'name_or_path', '?')!r} has its own template, for which multi-turn "
+                        f"episodes are not built yet: use single-turn tasks (math, code, datasets)")
 
 
 def _plain_arguments(args: Any) -> dict:

@@ -14,7 +14,7 @@ from slide.engine import DTYPES
 from slide.engine.inprocess import SamplingParams
 from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
-from slide.model.tokenizer import load_tokenizer, stop_token_ids
+from slide.model.tokenizer import stop_token_ids, tokenizer_for
 from slide.rl.curriculum import make_source
 from slide.rl.data import PromptSource, eval_problems
 from slide.rl.reward import RewardRunner, by_family
@@ -91,7 +91,7 @@ def reward_runner(verify: dict, spec) -> RewardRunner:
 
 def build(cfg: RLConfig, ckpt=None) -> Parts:
     torch.manual_seed(cfg.seed)
-    tok = load_tokenizer()
+    tok = tokenizer_for(cfg.model.init)  # the checkpoint's own, or the bundled one for the built-in model
     policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed)
     ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed) if cfg.algo.kl_coef > 0 else None  # initial policy
     trainer = PolicyTrainer(policy, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,

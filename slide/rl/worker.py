@@ -26,7 +26,7 @@ from slide.engine.batching import BatchingEngine
 from slide.engine.inprocess import InProcessEngine
 from slide.eval.passk import verifiers
 from slide.model.load import cast_for_compute, load_policy
-from slide.model.tokenizer import load_tokenizer
+from slide.model.tokenizer import tokenizer_for
 from slide.rl.parts import reward_runner, sampling_params
 from slide.weights.buckets import Bucket, apply_buckets
 from slide.rl.rollout import Rollout
@@ -43,7 +43,7 @@ class RolloutWorker:
     def __init__(self, index: int, cfg: dict, buckets: list[Bucket]):
         cfg = RLConfig.model_validate(cfg)
         set_threads(cfg.disagg.worker_threads)  # no call when torch already uses that many (slide.engine)
-        tok = load_tokenizer()
+        tok = tokenizer_for(cfg.model.init)
         model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)  # the architecture; weights follow
         model = cast_for_compute(model, DTYPES[compute_dtype(cfg.rollout.precision)])  # as make_engine's engines
         self.engine = BatchingEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id))  # loads never overlap

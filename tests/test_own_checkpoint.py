@@ -1,0 +1,115 @@
+"""A user's own checkpoint (tests/own_checkpoint.py: BPE tokenizer, ChatML template, qwen2) through SLIDE: prompts,
+stop tokens and SFT masks from the checkpoint, SFT then RL that learns, eval, and one-line errors for a checkpoint
+without a tokenizer, a tokenizer larger than the embeddings, or agentic tasks on a template without them."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from own_checkpoint import build
+
+from slide.config import RLConfig, SFTConfig, dump_config, load_config
+from slide.model.chat import template_example
+from slide.model.tokenizer import chat_prompt, glm_chat, stop_token_ids, tokenizer_for
+from slide.rl import sync
+from slide.rl.rollout import encode_prompt
+from slide.rundir import RunDir
+from slide.tasks import Arithmetic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("own") / "qwen2-chatml")
+
+
+def test_prompts_stops_and_masks_come_from_the_checkpoint(ckpt):
+    tok = tokenizer_for(str(ckpt))
+    assert not glm_chat(tok)
+    im_end, eot = tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert stop_token_ids(tok) == [im_end, eot]  # generation_config.json's eos ids
+    problem = Arithmetic().generate(__import__("random").Random(0), 2)
+    messages = [{"role": "user", "content": problem.prompt}]
+    for thinking in (True, False):
+        # the template's own rendering and tokenization, token for token
+        assert encode_prompt(tok, problem, thinking) == tok.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False, enable_thinking=thinking)
+        ids, mask = template_example(tok, messages, problem.reasoning, problem.answer, thinking)
+        full = tok.apply_chat_template(messages + [{"role": "assistant", "content": problem.answer,
+                                                   "reasoning_content": problem.reasoning if thinking else ""}],
+                                       tokenize=False, enable_thinking=thinking)
+        assert tok.decode(ids) == full
+        prompt = chat_prompt(tok, messages, thinking=thinking)
+        trained = tok.decode([i for i, m in zip(ids, mask) if m])
+        want = (f"<think>\n{problem.reasoning}\n</think>\n\n" if thinking else "") + problem.answer + "<|im_end|>"
+        assert trained == want and tok.decode(ids[:mask.index(1)]) == prompt
+        assert mask == [0] * mask.index(1) + [1] * sum(mask) + [0]  # the template's trailing newline: not trained
+
+
+def test_sft_then_rl_on_the_checkpoint_learns(ckpt, tmp_path):
+    """SFT teaches the ChatML format with reasoning; RL then learns a dataset whose answer is always 7 (what SFT
+    never showed). Calibration (2026-12-02, 2 cores): reward per step 0.09 -> 0.91 in 16 steps, 19 s."""
+    from slide import sft
+    cfg = load_config(SFTConfig, None, ["data=arithmetic:1", "steps=300", "batch_tokens=4096", "seq_len=128",
+                                        "lr=3e-3", "warmup_steps=10", "eval_prompts=20", "examples=2000",
+                                        f"model.init={ckpt}", f"out_dir={tmp_path}", "name=sft"])
+    run = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg), tensorboard=False)
+    sft.run(cfg, run)
+    final = run.path / "final"
+    assert same_tokenizer(final, ckpt)
+    data = tmp_path / "seven.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {a}+{b}?", "answer": 7}) + "\n"
+                            for a in range(10) for b in range(10)))
+    cfg = load_config(RLConfig, None, [f"model.init={final}", f"data.train={data}", "steps=16", "eval_every=0",
+                                       "rollout.prompts_per_step=8", "rollout.n=8", "rollout.max_new_tokens=40",
+                                       "train.lr=3e-4", "data.eval_prompts=20", "seed=1", f"out_dir={tmp_path}",
+                                       "name=rl"])
+    run = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg), tensorboard=False)
+    result = sync.run(cfg, run)
+    m = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    first, last = (sum(r["reward_mean"] for r in rows) / 4 for rows in (m[:4], m[-4:]))
+    assert last > first + 0.3, (first, last)
+    assert result["summary"]["pass@1"] > 0.5
+    traj = [json.loads(line) for line in (run.path / "trajectories.jsonl").read_text().splitlines()]
+    assert all(t["response"].endswith(("<|im_end|>", "<|endoftext|>")) for t in traj if t["status"] == "completed")
+    saved = run.path / "checkpoints" / "step_000016" / "model"
+    assert same_tokenizer(saved, ckpt)
+    r = cli("eval", "--model", str(saved), "--data", str(data), "--prompts", "10", "--out", str(tmp_path / "e.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "e.json").read_text())["summary"]["pass@1"] > 0.5
+
+
+def same_tokenizer(a: Path, b: Path) -> bool:
+    """Checkpoints save the tokenizer and template they trained with (the files may be re-serialised)."""
+    ta, tb = tokenizer_for(str(a)), tokenizer_for(str(b))
+    text = "<|im_start|>user\nWhat is 12+7?<|im_end|>"
+    return (ta.get_vocab() == tb.get_vocab() and ta.chat_template == tb.chat_template
+            and ta(text)["input_ids"] == tb(text)["input_ids"] and stop_token_ids(ta) == stop_token_ids(tb))
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "slide.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+
+
+def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (bare / f).write_bytes((ckpt / f).read_bytes())
+    small = build(tmp_path / "small", embedding_rows=300)  # a 400-token tokenizer over 300 embedding rows
+    cases = [
+        (["rl", f"model.init={bare}", "data.train=arithmetic:1"], "no tokenizer files"),
+        (["rl", f"model.init={small}", "data.train=arithmetic:1"], "the tokenizer has 400 tokens but the model's "
+                                                                   "embeddings only 300 rows"),
+        (["rl", f"model.init={ckpt}", "data.train=calculator:1"], "needs SLIDE's GLM chat format"),
+        (["sft", f"model.init={bare}", "data=arithmetic:1"], "no tokenizer files"),
+    ]
+    for args, message in cases:
+        r = cli(*args, f"out_dir={tmp_path / 'runs'}")
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr[-1000:])
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()  # nothing written
