@@ -21,6 +21,7 @@ from slide.engine.inprocess import InProcessEngine
 from slide.errors import UserError
 from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
+from slide.model.logprobs import token_logprobs
 from slide.model.tiny import ExpertLoad
 from slide.model.chat import template_example
 from slide.model.tokenizer import assistant_text, chat_prompt, glm_chat, require_glm_chat, tokenizer_for
@@ -142,9 +143,11 @@ def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
         ids, labels, pos, mask, real = pack([encode_example(tok, p, cfg.thinking) for p in stream.next(per_batch)],
                                             cfg.seq_len, tok.pad_token_id)
         model.train()
+        rows, cols = (labels != -100).nonzero(as_tuple=True)  # the target tokens: the LM head runs only there
         with load.tokens(real):  # the router balance counts the examples' tokens, not the rows' padding
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+            logp = token_logprobs(model, {"input_ids": ids, "attention_mask": mask, "position_ids": pos}, rows, cols,
+                                  labels[rows, cols])  # in chunks: no [rows, seq_len, vocab] tensor
+        loss = -logp.mean()  # the mean cross-entropy over all target tokens of the batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

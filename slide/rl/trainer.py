@@ -13,6 +13,7 @@ import torch
 
 from slide.algo.grpo import AGGREGATIONS, LOSS_DIVISOR, kl_k3, policy_loss, tis_weights
 from slide.config import AlgoSpec, TrainSpec
+from slide.model.logprobs import token_logprobs
 from slide.model.tiny import ExpertLoad, routers
 from slide.rl.sample import Sample
 from slide.watchdog import beat
@@ -45,14 +46,16 @@ def collate(samples: list[Sample], pad_id: int):
     return ids, attn, targets, mask, behaviour, start
 
 
-def response_logprobs(model, ids, attn, targets, start, temperature: float) -> torch.Tensor:
-    """logprob of each response token under softmax(logits / T): [b, R] (padding positions arbitrary)."""
-    logits = model(input_ids=ids, attention_mask=attn).logits.float()  # [b, L, V]
-    R = targets.shape[1]
+def response_logprobs(model, ids, attn, targets, start, temperature: float, base=None) -> torch.Tensor:
+    """logprob of each response token under softmax(logits / T): [b, R] (padding positions arbitrary). The LM
+    head runs over the response positions only, in chunks (slide/model/logprobs.py): no [b, L, V] tensor.
+    base: the decoder to run (the compiled one under train.compile)."""
+    b, R = targets.shape
     index = (start[:, None] + torch.arange(R, device=ids.device)[None, :]).clamp(max=ids.shape[1] - 1)  # [b, R]
-    picked = logits.gather(1, index[:, :, None].expand(-1, -1, logits.shape[-1]))  # [b, R, V]
-    logp = torch.log_softmax(picked / temperature, dim=-1)
-    return logp.gather(-1, targets[:, :, None]).squeeze(-1)
+    rows = torch.arange(b, device=ids.device)[:, None].expand(b, R)
+    logp = token_logprobs(model, {"input_ids": ids, "attention_mask": attn}, rows.reshape(-1), index.reshape(-1),
+                          targets.reshape(-1), temperature, base)
+    return logp.view(b, R)
 
 
 class PolicyTrainer:
@@ -63,8 +66,8 @@ class PolicyTrainer:
         self.router_bias_rate = router_bias_rate
         self.ref_model = ref_model  # only when kl_coef > 0
         self.autocast = autocast  # bf16: mixed-precision forward/backward, fp32 master weights and optimizer
-        # the forward used for training logprobs: the model itself, or a compiled wrapper sharing its parameters
-        self.forward_model = torch.compile(model, dynamic=True) if train.compile else model
+        # the decoder run for training logprobs: the model's own, or a compiled wrapper sharing its parameters
+        self.base = torch.compile(model.base_model, dynamic=True) if train.compile else None
         # Compiled on a CPU, the trainer's forward runs eager attention: inductor fuses its matmul-softmax-matmul,
         # while the CPU flash-attention backward is the slowest piece of a bf16 step (25M benchmark model: 2.8
         # vs 3.65 s per update). Only the trainer's forward switches (see _compute): engines copied from this
@@ -143,7 +146,7 @@ class PolicyTrainer:
         for mb in self._micro_batches(samples):
             ids, attn, targets, mask, behaviour, start = self._collate(mb)
             with self._compute():
-                logp = response_logprobs(self.forward_model, ids, attn, targets, start, self.temperature)
+                logp = response_logprobs(self.model, ids, attn, targets, start, self.temperature, self.base)
             out.update({id(s): row[:len(s.response_ids)] for s, row in zip(mb, logp)})
         return out
 
@@ -177,7 +180,7 @@ class PolicyTrainer:
             ids, attn, targets, mask, behaviour, start = self._collate(mb)
             adv = torch.tensor([advantages[id(s)] for s in mb], device=ids.device)  # [b]
             with self._compute(), self.load.tokens(attn):  # the router balance counts real tokens only
-                logp = response_logprobs(self.forward_model, ids, attn, targets, start, self.temperature)  # [b, R]
+                logp = response_logprobs(self.model, ids, attn, targets, start, self.temperature, self.base)  # [b, R]
             if old_logprobs is None:
                 # One update per rollout batch: the weights that would compute the "old" logprobs are the
                 # current ones, so old = logp.detach() (ratio exactly 1 on this update; saves a forward).
