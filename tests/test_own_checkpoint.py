@@ -133,12 +133,22 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path):
     for f in ("config.json", "model.safetensors"):
         (bare / f).write_bytes((ckpt / f).read_bytes())
     small = build(tmp_path / "small", embedding_rows=300)  # a 400-token tokenizer over 300 embedding rows
+    no_system = build(tmp_path / "no-system", style="chatml")  # a template that refuses a role SFT/RL render
+    config = json.loads((no_system / "tokenizer_config.json").read_text())
+    strict = "{%- if messages[0].role == 'user' -%}{{ raise_exception('only system prompts are supported') }}{%- endif -%}"
+    template = no_system / "chat_template.jinja"
+    if template.is_file():
+        template.write_text(strict + template.read_text())
+    else:
+        config["chat_template"] = strict + config["chat_template"]
+        (no_system / "tokenizer_config.json").write_text(json.dumps(config))
     cases = [
         (["rl", f"model.init={bare}", "data.train=arithmetic:1"], "no tokenizer files"),
         (["rl", f"model.init={small}", "data.train=arithmetic:1"], "the tokenizer has 400 tokens but the model's "
                                                                    "embeddings only 300 rows"),
         (["rl", f"model.init={ckpt}", "data.train=calculator:1"], "needs SLIDE's GLM chat format"),
         (["sft", f"model.init={bare}", "data=arithmetic:1"], "no tokenizer files"),
+        (["rl", f"model.init={no_system}", "data.train=arithmetic:1"], "only system prompts are supported"),
     ]
     for args, message in cases:
         r = cli(*args, f"out_dir={tmp_path / 'runs'}")
