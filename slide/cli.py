@@ -47,7 +47,7 @@ def cmd_sft(a) -> None:
     from slide.progress import StepProgress
     from slide.rundir import RunDir
     cfg = load_config(SFTConfig, *_config_args(a))
-    check_inputs([cfg.data], cfg.model.init)
+    check_inputs([cfg.data], cfg.model.init, sft=True)
     set_threads(cfg.threads)
     run_dir = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg))
     with StepProgress("sft", cfg.steps, ["loss", "eval_pass@1"]) as bar:

@@ -1,6 +1,8 @@
 """A user's own checkpoint, built here with nothing downloaded: a byte-level BPE tokenizer trained by the
-`tokenizers` library on the task's text, a Qwen3-style ChatML template (system/user/assistant/tool roles,
-`<think>` reasoning, `enable_thinking`), and a tiny dense qwen2 model whose embeddings fit the vocabulary."""
+`tokenizers` library on the task's text, a chat template in the style of a real family, and a tiny model whose
+embeddings fit the vocabulary. Styles (STYLES): "chatml" (Qwen3: ChatML, `<think>` reasoning, `enable_thinking`;
+qwen2, dense), "llama3" (header tokens, `<|eot_id|>`, no reasoning; llama, dense), "glm" (GLM-4.5: `[gMASK]<sop>`,
+`<|user|>`, `<|assistant|>`, `<|observation|>`, no end token after an assistant turn; glm4_moe, MoE)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +11,9 @@ from pathlib import Path
 
 from slide.tasks import Arithmetic
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>"]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>",
+            "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+            "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
 CHATML = (
     "{%- for m in messages -%}"
     "{%- if m.role == 'assistant' -%}"
@@ -31,6 +35,35 @@ CHATML = (
 )
 
 
+LLAMA3 = (
+    "{{- '<|begin_of_text|>' -}}"
+    "{%- for m in messages -%}"
+    "{{- '<|start_header_id|>' + m.role + '<|end_header_id|>\n\n' + m.content + '<|eot_id|>' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}{%- endif -%}"
+)
+GLM = (
+    "{{- '[gMASK]<sop>' -}}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'assistant' -%}"
+    "{{- '<|assistant|>\n<think>' + (m.reasoning_content or '') + '</think>\n' + m.content -}}"
+    "{%- elif m.role == 'tool' -%}"
+    "{{- '<|observation|>\n<tool_response>' + m.content + '</tool_response>' -}}"
+    "{%- else -%}"
+    "{{- '<|' + m.role + '|>\n' + m.content -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|assistant|>\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think></think>\n' -}}{%- endif -%}"
+    "{%- endif -%}"
+)
+# style -> (template, eos token, stop tokens for generation_config.json, architecture)
+STYLES = {"chatml": (CHATML, "<|im_end|>", ["<|im_end|>", "<|endoftext|>"], "qwen2"),
+          "llama3": (LLAMA3, "<|eot_id|>", ["<|eot_id|>"], "llama"),
+          "glm": (GLM, "<|endoftext|>", ["<|endoftext|>", "<|user|>", "<|observation|>"], "glm4_moe")}
+
+
 def corpus(n: int = 2000, seed: int = 0) -> list[str]:
     task, rng = Arithmetic(), random.Random(seed)
     out = []
@@ -40,26 +73,42 @@ def corpus(n: int = 2000, seed: int = 0) -> list[str]:
     return out
 
 
-def build(folder: Path, vocab_size: int = 400, embedding_rows: int | None = None, template: str = CHATML) -> Path:
-    """An HF folder: tokenizer (BPE + template), generation_config eos ids, a 2-layer qwen2 (64 wide)."""
+def build(folder: Path, vocab_size: int = 400, embedding_rows: int | None = None, style: str = "chatml") -> Path:
+    """An HF folder: tokenizer (BPE + the style's template), generation_config eos ids, a 2-layer model (64 wide)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import PreTrainedTokenizerFast
+    template, eos_token, stops, arch = STYLES[style]
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos_token, pad_token="<|endoftext|>",
                                   chat_template=template)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(folder)
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=embedding_rows or len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    eos = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
-    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": eos, "pad_token_id": eos[1]}))
+    model(arch, embedding_rows or len(tok), tok).save_pretrained(folder)
+    eos = tok.convert_tokens_to_ids(stops)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": eos, "pad_token_id": tok.pad_token_id}))
     return folder
+
+
+def model(arch: str, rows: int, tok):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from slide.model.tiny import build_model, glm_config
+    dense = dict(vocab_size=rows, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    if arch == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**dense))
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**dense))
+    config = glm_config(tok, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, n_routed_experts=4,
+                        num_experts_per_tok=2)
+    config.vocab_size = rows
+    return build_model(config, 0)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from own_checkpoint import build
+from own_checkpoint import STYLES, build
 
 from slide.config import RLConfig, SFTConfig, dump_config, load_config
 from slide.model.chat import template_example
@@ -26,13 +26,24 @@ def ckpt(tmp_path_factory):
     return build(tmp_path_factory.mktemp("own") / "qwen2-chatml")
 
 
-def test_prompts_stops_and_masks_come_from_the_checkpoint(ckpt):
-    tok = tokenizer_for(str(ckpt))
+# what the model writes after the generation prompt, per style: (thinking, reasoning, answer) -> text; and the
+# tokens the template renders after the assistant's end token (not trained)
+WRITES = {
+    "chatml": (lambda th, r, a: (f"<think>\n{r}\n</think>\n\n" if th else "") + a + "<|im_end|>", 1),
+    "llama3": (lambda th, r, a: a + "<|eot_id|>", 0),
+    "glm": (lambda th, r, a: (f"<think>{r}</think>\n" if th else "") + a + "<|endoftext|>", 0),  # eos appended
+}
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_prompts_stops_and_masks_come_from_the_checkpoint(style, tmp_path):
+    folder = build(tmp_path / style, style=style)
+    tok = tokenizer_for(str(folder))
     assert not glm_chat(tok)
-    im_end, eot = tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
-    assert stop_token_ids(tok) == [im_end, eot]  # generation_config.json's eos ids
+    assert stop_token_ids(tok) == tok.convert_tokens_to_ids(STYLES[style][2])  # generation_config.json's eos ids
     problem = Arithmetic().generate(__import__("random").Random(0), 2)
     messages = [{"role": "user", "content": problem.prompt}]
+    writes, after = WRITES[style]
     for thinking in (True, False):
         # the template's own rendering and tokenization, token for token
         assert encode_prompt(tok, problem, thinking) == tok.apply_chat_template(
@@ -41,12 +52,33 @@ def test_prompts_stops_and_masks_come_from_the_checkpoint(ckpt):
         full = tok.apply_chat_template(messages + [{"role": "assistant", "content": problem.answer,
                                                    "reasoning_content": problem.reasoning if thinking else ""}],
                                        tokenize=False, enable_thinking=thinking)
-        assert tok.decode(ids) == full
+        assert tok.decode(ids).startswith(full.rstrip("\n"))
         prompt = chat_prompt(tok, messages, thinking=thinking)
         trained = tok.decode([i for i, m in zip(ids, mask) if m])
-        want = (f"<think>\n{problem.reasoning}\n</think>\n\n" if thinking else "") + problem.answer + "<|im_end|>"
-        assert trained == want and tok.decode(ids[:mask.index(1)]) == prompt
-        assert mask == [0] * mask.index(1) + [1] * sum(mask) + [0]  # the template's trailing newline: not trained
+        assert trained == writes(thinking, problem.reasoning, problem.answer), trained
+        assert tok.decode(ids[:mask.index(1)]) == prompt
+        assert mask == [0] * mask.index(1) + [1] * sum(mask) + [0] * after
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_sft_rl_and_eval_run_on_every_style(style, tmp_path):
+    """A few steps of each command on each style and architecture (dense qwen2 and llama, MoE glm4_moe)."""
+    from slide import sft
+    folder = build(tmp_path / style, style=style)
+    cfg = load_config(SFTConfig, None, ["data=arithmetic:1", "steps=5", "batch_tokens=1024", "seq_len=128",
+                                        "eval_prompts=4", "examples=50", f"model.init={folder}",
+                                        f"out_dir={tmp_path}", "name=sft"])
+    sft.run(cfg, RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg), tensorboard=False))
+    cfg = load_config(RLConfig, None, [f"model.init={tmp_path / 'sft' / 'final'}", "data.train=arithmetic:1",
+                                       "steps=2", "eval_every=0", "rollout.prompts_per_step=2", "rollout.n=4",
+                                       "rollout.max_new_tokens=24", "data.eval_prompts=4", f"out_dir={tmp_path}",
+                                       "name=rl"])
+    run = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg), tensorboard=False)
+    sync.run(cfg, run)
+    saved = run.path / "checkpoints" / "step_000002" / "model"
+    assert same_tokenizer(saved, folder)
+    r = cli("eval", "--model", str(saved), "--data", "arithmetic:1", "--prompts", "4", "--out", str(tmp_path / "e.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_sft_then_rl_on_the_checkpoint_learns(ckpt, tmp_path):
@@ -101,15 +133,62 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path):
     for f in ("config.json", "model.safetensors"):
         (bare / f).write_bytes((ckpt / f).read_bytes())
     small = build(tmp_path / "small", embedding_rows=300)  # a 400-token tokenizer over 300 embedding rows
+    no_system = build(tmp_path / "no-system", style="chatml")  # a template that refuses a role SFT/RL render
+    config = json.loads((no_system / "tokenizer_config.json").read_text())
+    strict = "{%- if messages[0].role == 'user' -%}{{ raise_exception('only system prompts are supported') }}{%- endif -%}"
+    template = no_system / "chat_template.jinja"
+    if template.is_file():
+        template.write_text(strict + template.read_text())
+    else:
+        config["chat_template"] = strict + config["chat_template"]
+        (no_system / "tokenizer_config.json").write_text(json.dumps(config))
     cases = [
         (["rl", f"model.init={bare}", "data.train=arithmetic:1"], "no tokenizer files"),
         (["rl", f"model.init={small}", "data.train=arithmetic:1"], "the tokenizer has 400 tokens but the model's "
                                                                    "embeddings only 300 rows"),
         (["rl", f"model.init={ckpt}", "data.train=calculator:1"], "needs SLIDE's GLM chat format"),
         (["sft", f"model.init={bare}", "data=arithmetic:1"], "no tokenizer files"),
+        (["rl", f"model.init={no_system}", "data.train=arithmetic:1"], "only system prompts are supported"),
     ]
     for args, message in cases:
         r = cli(*args, f"out_dir={tmp_path / 'runs'}")
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr[-1000:])
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_async_run_and_kill_resume_on_the_checkpoint(ckpt, tmp_path):
+    """mode=async (Ray workers load the checkpoint's tokenizer themselves), then a sync run killed with SIGKILL
+    after its first checkpoint and resumed: the same metrics and trajectories as the run never stopped."""
+    import signal
+    import time
+    args = [f"model.init={ckpt}", "data.train=arithmetic:1", "rollout.prompts_per_step=2", "rollout.n=4",
+            "rollout.max_new_tokens=16", "data.eval_prompts=4", "train.micro_batch=8", "algo.dynamic_sampling=false",
+            "threads=1"]
+    r = cli("rl", *args, "mode=async", "steps=2", "eval_every=0", f"out_dir={tmp_path}", "name=async")
+    assert r.returncode == 0, r.stderr[-3000:]
+    traj = [json.loads(line) for line in (tmp_path / "async" / "trajectories.jsonl").read_text().splitlines()]
+    assert traj and all(t["response"].endswith(("<|im_end|>", "<|endoftext|>")) or t["status"] == "truncated"
+                        for t in traj)
+
+    steps = [*args, "steps=6", "save_every=2", "eval_every=3"]
+    r = cli("rl", *steps, f"out_dir={tmp_path}", "name=straight")
+    assert r.returncode == 0, r.stderr[-3000:]
+    p = subprocess.Popen([sys.executable, "-m", "slide.cli", "rl", *steps, f"out_dir={tmp_path}", "name=killed"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    ckpts, deadline = tmp_path / "killed" / "checkpoints", time.time() + 240
+    while time.time() < deadline and not any(ckpts.glob("step_*/state.pt")):
+        time.sleep(0.2)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) < 6, "finished before the kill"
+    r = cli("rl", "--resume", str(tmp_path / "killed"))
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def rows(name, file):
+        out = [json.loads(line) for line in (tmp_path / name / file).read_text().splitlines()]
+        return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in out]
+
+    for file in ("metrics.jsonl", "trajectories.jsonl", "eval.jsonl"):
+        assert rows("killed", file) == rows("straight", file), file

@@ -14,16 +14,21 @@ ENGINES = ("inprocess", "vllm")  # the kinds make_engine builds
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", seed: int = 0):
+def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", seed: int = 0,
+                share: bool = False):
     """A rollout engine of `kind` ("inprocess" | "vllm") holding a copy of `model`'s weights.
 
     Both hold (and compute in) bf16 for bf16 and fp8 rollout (FP8 pushes are dequantized on receipt; vLLM's
-    block-FP8 kernels load only from an FP8 checkpoint), fp32 otherwise. The caller closes it (`close_engine`)."""
+    block-FP8 kernels load only from an FP8 checkpoint), fp32 otherwise. share=True with an in-process engine at
+    fp32 (the colocated sync mode): the engine reads the policy's own weights, no copy (a push then moves
+    nothing); bf16 and fp8 need the copy, in the rollout precision. The caller closes it (`close_engine`)."""
     if kind == "vllm":
         from slide.engine.vllm_engine import VLLMEngine
         return VLLMEngine.from_model(model, dtype=compute_dtype(precision), seed=seed)
     from slide.engine.inprocess import InProcessEngine
     from slide.model.load import cast_for_compute
+    if share and compute_dtype(precision) == "fp32":
+        return InProcessEngine(model, pad_token_id=pad_token_id)
     return InProcessEngine(cast_for_compute(copy.deepcopy(model), DTYPES[compute_dtype(precision)]),
                            pad_token_id=pad_token_id)
 

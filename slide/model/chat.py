@@ -9,7 +9,9 @@ and a BPE tokenizer may merge across a boundary of text pieces. So the conversat
 template, without and with the assistant turn; the first must be a prefix of the second (an append-only template
 for this turn), and the assistant span is the tokens of the second rendering that start at or after the prefix,
 through the first stop token (the model must learn to end its turn; what the template writes after that, e.g.
-a newline, is not trained). Token offsets locate the span, so no text piece is tokenized on its own.
+a newline, is not trained). A template that writes no end token after the assistant's last turn (GLM-4.5's: the
+next role token ends it) gets the checkpoint's first stop token appended, trained: generation ends there.
+Token offsets locate the span, so no text piece is tokenized on its own.
 """
 from __future__ import annotations
 
@@ -36,8 +38,10 @@ def template_example(tok, messages: list[dict], reasoning: str, content: str,
     if start and offsets[start - 1][1] > cut:
         raise UserError(f"chat template of {name!r}: a token spans the end of the generation prompt (at character "
                         f"{cut}), so prompt and answer cannot be told apart on token ids")
-    stops = set(stop_token_ids(tok))
-    end = next((i + 1 for i in range(start, len(ids)) if ids[i] in stops), len(ids))
-    if end == start:
+    stops = stop_token_ids(tok)
+    end = next((i + 1 for i in range(start, len(ids)) if ids[i] in stops), None)
+    if end is None:  # the template ends the turn with nothing: the model must still learn to stop
+        ids, end = ids + [stops[0]], len(ids) + 1
+    if end == start + 1 and ids[start] in stops and not content:
         raise UserError(f"chat template of {name!r}: the assistant's turn renders to no tokens")
     return ids, [0] * start + [1] * (end - start) + [0] * (len(ids) - end)

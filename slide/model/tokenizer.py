@@ -161,7 +161,8 @@ def chat_prompt(tok, messages: list[dict], thinking: bool = True, tools: list | 
             enable_thinking=thinking,
         )
     except TemplateError as e:  # raise_exception() in the template: bad role, bad tool-call arguments
-        raise UserError(f"chat messages: {e}") from None
+        raise UserError(f"chat messages, rendered by the template of {getattr(tok, 'name_or_path', '?')!r}: "
+                        f"{' '.join(str(e).split())[:300]}") from None
 
 
 def _value_text(v: Any) -> str:
