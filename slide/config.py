@@ -231,7 +231,10 @@ class SFTConfig(Section):
     data: str = Field("arithmetic:2", description="task spec to generate SFT examples from (or a .jsonl/.parquet)")
     examples: int = Field(0, ge=0, description="size of a fixed labelled pool; 0 = a fresh problem every time")
     steps: int = Field(300, ge=1)
-    batch_tokens: int = Field(4096, ge=64, description="tokens per packed batch")
+    batch_tokens: int = Field(4096, ge=64, description="tokens per packed batch (one forward/backward)")
+    grad_accum: int = Field(1, ge=1, description="packed batches per optimizer step: the loss is the mean over "
+                                                 "the target tokens of all of them, as one batch grad_accum times "
+                                                 "bigger would give, in the memory of one")
     seq_len: int = Field(256, ge=16, description="packed row length")
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(20, ge=0)

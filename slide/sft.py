@@ -114,6 +114,24 @@ class ExampleStream:
         return out
 
 
+def backward(model, load: ExpertLoad, batches: list[list[tuple[list[int], list[int]]]], seq_len: int,
+             pad: int) -> tuple[float, int]:
+    """Gradients of the mean cross-entropy over the target tokens of all `batches` (each packed and run on its
+    own: gradient accumulation), exactly what one batch of all their examples gives. Returns (loss, targets)."""
+    packed = [pack(b, seq_len, pad) for b in batches]
+    total = sum(int((labels != -100).sum()) for _, labels, _, _, _ in packed)
+    loss = 0.0
+    for ids, labels, pos, mask, real in packed:
+        rows, cols = (labels != -100).nonzero(as_tuple=True)  # the target tokens: the LM head runs only there
+        with load.tokens(real):  # the router balance counts the examples' tokens, not the rows' padding
+            logp = token_logprobs(model, {"input_ids": ids, "attention_mask": mask, "position_ids": pos}, rows, cols,
+                                  labels[rows, cols])  # in chunks: no [rows, seq_len, vocab] tensor
+        part = -logp.mean() if len(packed) == 1 else -logp.sum() / max(total, 1)  # the same mean either way
+        part.backward()
+        loss += float(part.detach())
+    return loss, total
+
+
 def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
     """Train, evaluating held-out greedy pass@1 every eval_every steps; saves `final/` (an HF folder)."""
     torch.manual_seed(cfg.seed)
@@ -140,22 +158,17 @@ def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
         lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # cosine to 10%, as GLM
         for g in opt.param_groups:
             g["lr"] = lr
-        ids, labels, pos, mask, real = pack([encode_example(tok, p, cfg.thinking) for p in stream.next(per_batch)],
-                                            cfg.seq_len, tok.pad_token_id)
+        batches = [[encode_example(tok, p, cfg.thinking) for p in stream.next(per_batch)]
+                   for _ in range(cfg.grad_accum)]
         model.train()
-        rows, cols = (labels != -100).nonzero(as_tuple=True)  # the target tokens: the LM head runs only there
-        with load.tokens(real):  # the router balance counts the examples' tokens, not the rows' padding
-            logp = token_logprobs(model, {"input_ids": ids, "attention_mask": mask, "position_ids": pos}, rows, cols,
-                                  labels[rows, cols])  # in chunks: no [rows, seq_len, vocab] tensor
-        loss = -logp.mean()  # the mean cross-entropy over all target tokens of the batch
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, targets = backward(model, load, batches, cfg.seq_len, tok.pad_token_id)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         balance = load.update_bias(cfg.model.router_bias_rate)
         model.eval()
-        seen_tokens += int((labels != -100).sum())
-        metrics = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": lr, "target_tokens": seen_tokens,
+        seen_tokens += targets
+        metrics = {"loss": loss, "grad_norm": float(grad_norm), "lr": lr, "target_tokens": seen_tokens,
                    "elapsed_s": time.perf_counter() - t0, **balance}
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             last = evaluate(engine, tok, held_out, verify, k=1, thinking=cfg.thinking)

@@ -31,3 +31,31 @@ def test_short_sft_learns(sft_model):
     path, result = sft_model
     assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
     assert result["summary"]["pass@1"] >= 0.1  # from 0 at random init
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    """backward() over two packed batches gives the gradients and loss of one batch of all their examples:
+    the loss is the mean over every target token, however the examples are split or packed."""
+    import torch
+
+    from slide.model.tiny import ExpertLoad, build_model, tiny_config
+    from slide.model.tokenizer import load_tokenizer
+    from slide.sft import backward
+    tok = load_tokenizer()
+    model = build_model(tiny_config("test", tok), seed=0)
+    load = ExpertLoad(model)
+    gen = torch.Generator().manual_seed(0)
+    examples = []
+    for n in (9, 14, 6, 11, 8):
+        ids = torch.randint(10, len(tok), (n,), generator=gen).tolist()
+        examples.append((ids, [0] * (n // 2) + [1] * (n - n // 2)))
+    grads = []
+    for batches in ([examples], [examples[:2], examples[2:]]):
+        model.zero_grad(set_to_none=True)
+        loss, targets = backward(model, load, batches, seq_len=32, pad=tok.pad_token_id)
+        grads.append((loss, targets, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (l1, t1, g1), (l2, t2, g2) = grads
+    assert t1 == t2 == sum(sum(m) for _, m in examples)  # each target token is predicted from the one before
+    assert abs(l1 - l2) < 1e-5
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
