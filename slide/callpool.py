@@ -74,22 +74,14 @@ def call_method(obj: Any, name: str, *args) -> tuple[Any, Any]:
     return getattr(obj, name)(*args), obj
 
 
-def _dumps(fn: Callable) -> tuple[list[str], bytes]:
-    """cloudpickle (Ray's): functions of importable modules by reference, those of __main__, lambdas and
-    closures by value; with the caller's sys.path, so that the worker imports what the caller can."""
+def _dumps(obj: Any, what: str) -> bytes:
+    """cloudpickle (Ray's): functions of importable modules by reference, those of __main__, lambdas, closures
+    and a script's own classes by value; NotSendable if it cannot."""
     from ray import cloudpickle
     try:
-        return list(sys.path), cloudpickle.dumps(fn)
+        return cloudpickle.dumps(obj)
     except Exception as e:  # noqa: BLE001 - cloudpickle raises many types (locks, sockets, C objects)
-        raise NotSendable(f"{fn!r} cannot be pickled: {type(e).__name__}: {e}") from e
-
-
-def _dumps_args(items: list[tuple]) -> bytes:
-    from ray import cloudpickle
-    try:
-        return cloudpickle.dumps(items)
-    except Exception as e:  # noqa: BLE001 - cloudpickle raises many types
-        raise NotSendable(f"the call's arguments cannot be pickled: {type(e).__name__}: {e}") from e
+        raise NotSendable(f"{what} cannot be pickled: {type(e).__name__}: {e}") from e
 
 
 class _Zygote:
@@ -228,7 +220,7 @@ class CallPool:
 
     def _exchange(self, w: _Worker, token: str, payload, items: list[tuple], timeout_s: float) -> list[Outcome]:
         try:
-            args = _dumps_args(items)
+            args = _dumps(items, "the call's arguments")
         except NotSendable as e:  # this batch's arguments: its calls fail, the worker and the function are fine
             return [Outcome("raised", e) for _ in items]
         try:
@@ -271,7 +263,7 @@ class CallPool:
         with self._cond:
             entry = self._fns.get(id(fn))
             if entry is None or entry[2] is not fn:
-                payload = _dumps(fn)
+                payload = list(sys.path), _dumps(fn, repr(fn))  # the worker imports what the caller can
                 entry = (hashlib.sha1(payload[1]).hexdigest(), payload, fn)  # holding fn keeps its id unique
                 self._fns[id(fn)] = entry
                 while len(self._fns) > _FNS_HELD:

@@ -7,3 +7,9 @@ The message must name the file, field or row and say what is allowed.
 
 class UserError(Exception):
     """An error caused by input the user can fix. Message: one line, names the culprit."""
+
+
+def first_line(e: Exception, limit: int = 200) -> str:
+    """The first line of an exception's message (a library's multi-line complaint), or its type's name."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__

@@ -148,7 +148,7 @@ def _sealed_memfd(data: bytes) -> int:
 
 def _kill(proc: subprocess.Popen) -> None:
     # The group holds bwrap and its pid-namespace init; once the init dies the kernel kills every process
-    # left in the namespace, whatever session or group the code moved them to.
+    # left in the namespace, whatever POSIX process session (setsid) or process group the code moved them to.
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:

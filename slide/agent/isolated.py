@@ -6,8 +6,8 @@
 The episode runner bounds each env call with a thread, which cannot stop a call that holds the GIL (a tool or
 a reward that hands model text to sympy). Here the env object travels to a worker with every call and comes
 back with its new state; a call past its timeout kills the worker and raises `CallTimeout`, leaving the env
-as it was before the call. An env must therefore be picklable (cloudpickle is tried after pickle); one that
-is not, or that sets `isolate = False` because it bounds its own work (PythonEnv: model code runs in the
+as it was before the call. An env must therefore be picklable (by cloudpickle, which also takes a script's own
+classes); one that is not, or that sets `isolate = False` because it bounds its own work (PythonEnv: model code runs in the
 bwrap sandbox), is called in the runner's threads as before. Incidents counted inside a call with
 `slide.callpool.note` (guard rejections) come back and are popped by the runner with `pop_notes`.
 """

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from slide.errors import UserError
+from slide.errors import UserError, first_line
 from slide.model.tiny import build_model, tiny_config
 
 
@@ -20,8 +20,7 @@ def load_model(path: str, what: str = "model"):
     try:
         model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"{what} {path!r}: cannot load checkpoint ({first})") from None
+        raise UserError(f"{what} {path!r}: cannot load checkpoint ({first_line(e)})") from None
     return model.eval()
 
 
@@ -37,10 +36,9 @@ def load_policy(init: str | None, size: str, tokenizer, seed: int):
 def load_with_tokenizer(path: str, what: str):
     """(model, tokenizer) of a checkpoint folder: its own tokenizer, checked against its embeddings; the bundled
     one only for a folder without tokenizer files (a SLIDE model saved without it)."""
-    from slide.model.tokenizer import load_tokenizer
+    from slide.model.tokenizer import has_tokenizer, load_tokenizer
     model = load_model(path, what)
-    has_own = any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-    tok = load_tokenizer(path, what) if has_own else load_tokenizer()
+    tok = load_tokenizer(path, what) if has_tokenizer(path) else load_tokenizer()
     check_vocab(tok, model.get_input_embeddings().num_embeddings, f"{what} {path!r}")
     return model, tok
 

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slide.errors import UserError
+from slide.errors import UserError, first_line
 
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
 
@@ -40,25 +40,25 @@ def load_tokenizer(path: str | Path | None = None, what: str = "tokenizer path")
     from transformers import AutoTokenizer
 
     folder = TOKENIZER_DIR if path is None else Path(path)
-    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+    if not has_tokenizer(folder):
         raise UserError(f"{what} {str(folder)!r}: no tokenizer files there (tokenizer.json or tokenizer_config.json); "
                         f"save the tokenizer with the checkpoint (tokenizer.save_pretrained(folder))")
     try:
         tok = AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a broken tokenizer folder
-        raise UserError(f"{what} {str(folder)!r}: cannot load its tokenizer ({_first_line(e)})") from None
+        raise UserError(f"{what} {str(folder)!r}: cannot load its tokenizer ({first_line(e)})") from None
     tok.slide_stop_ids = _checkpoint_stop_ids(folder, tok)
     return tok
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether a folder holds a saved tokenizer (what AutoTokenizer.from_pretrained reads)."""
+    return any((Path(folder) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
 
 
 def tokenizer_for(init: str | Path | None):
     """The tokenizer a run uses: the checkpoint's own for `model.init`, the bundled one for the built-in model."""
     return load_tokenizer(init, "model.init") if init else load_tokenizer()
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _checkpoint_stop_ids(folder: Path, tok) -> list[int]:
