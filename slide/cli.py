@@ -47,7 +47,7 @@ def cmd_sft(a) -> None:
     from slide.progress import StepProgress
     from slide.rundir import RunDir
     cfg = load_config(SFTConfig, *_config_args(a))
-    check_inputs([cfg.data], cfg.model.init, sft=True)
+    check_inputs([cfg.data], cfg.model, sft=True)
     set_threads(cfg.threads)
     run_dir = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg))
     with StepProgress("sft", cfg.steps, ["loss", "eval_pass@1"]) as bar:
@@ -67,7 +67,7 @@ def cmd_rl(a) -> None:
         cfg = load_config(RLConfig, str(run_dir.path / "config.yaml"))
     else:
         cfg = load_config(RLConfig, *_config_args(a))
-        check_inputs([cfg.data.train, cfg.data.eval], cfg.model.init, cfg.data.reward)
+        check_inputs([cfg.data.train, cfg.data.eval], cfg.model, cfg.data.reward)
         run_dir, ckpt = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg)), None
     set_threads(cfg.threads)
     with StepProgress("rl", cfg.steps, ["reward_mean", "eval_pass@1"], start=0 if ckpt is None else

@@ -24,6 +24,10 @@ class ModelSpec(Section):
     init: str | None = Field(None, description="HF checkpoint folder to start from; None = random init at `size`")
     size: Literal["test", "demo"] = Field("test", description="tiny glm4_moe size for random init")
     router_bias_rate: float = Field(1e-3, ge=0, description="GLM loss-free balance: expert bias step per update")
+    tool_format: Literal["auto", "glm", "hermes", "llama3_json"] = Field(
+        "auto", description="how the model writes tool calls (slide/model/tool_formats.py): glm = GLM-4.5's XML, "
+                            "hermes = Hermes/Qwen JSON in <tool_call>, llama3_json = Llama-3.1's JSON turn; "
+                            "auto = the one its chat template writes")
 
 
 class TrainSpec(Section):

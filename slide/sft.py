@@ -14,7 +14,6 @@ import time
 
 import torch
 
-from slide.agent.episode import encode_conversation
 from slide.agent.families import AGENT_FAMILIES, is_agentic
 from slide.config import SFTConfig
 from slide.engine.inprocess import InProcessEngine
@@ -23,8 +22,8 @@ from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
 from slide.model.logprobs import token_logprobs
 from slide.model.tiny import ExpertLoad
-from slide.model.chat import template_example
-from slide.model.tokenizer import assistant_text, chat_prompt, glm_chat, require_glm_chat, tokenizer_for
+from slide.model.chat import chat_format
+from slide.model.tokenizer import assistant_text, chat_prompt, glm_chat, tokenizer_for
 from slide.rl.data import PromptSource, eval_problems
 from slide.rundir import RunDir
 from slide.tasks import parse_task_specs
@@ -40,11 +39,10 @@ def encode_example(tok, problem: Problem, thinking: bool) -> tuple[list[int], li
             raise UserError(f"SFT data: {problem.family} has no reference conversations to train on "
                             f"(families with SFT traces: {', '.join(k for k, f in AGENT_FAMILIES.items() if f.trace)})")
         t = trace(problem)
-        require_glm_chat(tok, f"SFT on {problem.family} tool-use conversations")
-        return encode_conversation(tok, t["messages"], t["tools"], thinking)
-    if not glm_chat(tok):  # a checkpoint's own template: the assistant's span found in its rendering
-        return template_example(tok, [{"role": "user", "content": problem.prompt}], problem.reasoning,
-                                problem.solution or problem.answer, thinking)
+        return chat_format(tok).conversation(t["messages"], t["tools"], thinking)
+    if not glm_chat(tok):  # a checkpoint's own template: its rendering of the assistant's turn
+        return chat_format(tok).example([{"role": "user", "content": problem.prompt}], problem.reasoning,
+                                        problem.solution or problem.answer, thinking)
     prompt = chat_prompt(tok, [{"role": "user", "content": problem.prompt}], thinking=thinking)
     target = assistant_text(problem.reasoning if thinking else "", problem.solution or problem.answer)
     if not thinking:  # the non-thinking generation prompt already holds the empty think block
@@ -135,7 +133,7 @@ def backward(model, load: ExpertLoad, batches: list[list[tuple[list[int], list[i
 def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
     """Train, evaluating held-out greedy pass@1 every eval_every steps; saves `final/` (an HF folder)."""
     torch.manual_seed(cfg.seed)
-    tok = tokenizer_for(cfg.model.init)  # the checkpoint's own, or the bundled one for the built-in model
+    tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)  # the checkpoint's own, or the bundled one for the built-in model
     model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)
     load = ExpertLoad(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))

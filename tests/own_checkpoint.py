@@ -1,8 +1,10 @@
 """A user's own checkpoint, built here with nothing downloaded: a byte-level BPE tokenizer trained by the
 `tokenizers` library on the task's text, a chat template in the style of a real family, and a tiny model whose
-embeddings fit the vocabulary. Styles (STYLES): "chatml" (Qwen3: ChatML, `<think>` reasoning, `enable_thinking`;
-qwen2, dense), "llama3" (header tokens, `<|eot_id|>`, no reasoning; llama, dense), "glm" (GLM-4.5: `[gMASK]<sop>`,
-`<|user|>`, `<|assistant|>`, `<|observation|>`, no end token after an assistant turn; glm4_moe, MoE)."""
+embeddings fit the vocabulary. Styles (STYLES): "chatml" (Qwen3: ChatML, `<think>` reasoning, `enable_thinking`,
+Hermes JSON tool calls; qwen2, dense), "llama3" (Llama-3.1: header tokens, `<|eot_id|>`, no reasoning, JSON tool calls;
+llama, dense), "glm"
+(GLM-4.5, the built-in tokenizer's template: `[gMASK]<sop>`, `<|user|>`, `<|assistant|>`, `<|observation|>`, XML
+tool calls, no end token after an assistant turn; glm4_moe, MoE)."""
 from __future__ import annotations
 
 import json
@@ -14,18 +16,46 @@ from slide.tasks import Arithmetic
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>",
             "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
             "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
+# Qwen3's layout: tool schemas in the system turn, Hermes JSON calls, tool results grouped in one user turn, reasoning
+# shown only for turns after the last user message, and (its quirk: not append-only) an empty think block written
+# only when the turn is the last message
 CHATML = (
-    "{%- for m in messages -%}"
-    "{%- if m.role == 'assistant' -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- if m.reasoning_content is defined and m.reasoning_content is not none -%}"
-    "{{- '<think>\\n' + m.reasoning_content + '\\n</think>\\n\\n' -}}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages[0].role == 'system' -%}{{- messages[0].content + '\\n\\n' -}}{%- endif -%}"
+    "{{- '# Tools\\n\\nFunction signatures within <tools></tools>:\\n<tools>' -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '\\n</tools>\\n\\nFor each call, return a JSON object with the function name and arguments within "
+    "<tool_call></tool_call>:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}"
+    "\\n</tool_call><|im_end|>\\n' -}}"
+    "{%- elif messages[0].role == 'system' -%}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' -}}"
     "{%- endif -%}"
-    "{{- m.content + '<|im_end|>\\n' -}}"
+    "{%- set ns = namespace(last_query=-1) -%}"
+    "{%- for m in messages -%}{%- if m.role == 'user' -%}{%- set ns.last_query = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'user' -%}"
+    "{{- '<|im_start|>user\\n' + m.content + '<|im_end|>\\n' -}}"
+    "{%- elif m.role == 'assistant' -%}"
+    "{%- set content = m.content or '' -%}"
+    "{%- set reasoning = m.reasoning_content if m.reasoning_content is string else '' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if loop.index0 > ns.last_query and (loop.last or reasoning) -%}"
+    "{{- '<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') -}}"
+    "{%- else -%}{{- content -}}{%- endif -%}"
+    "{%- for call in (m.tool_calls or []) -%}"
+    "{%- set fn = call.function if call.function is defined else call -%}"
+    "{%- if (loop.first and content) or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_call>\\n{\"name\": \"' + fn.name + '\", \"arguments\": ' + (fn.arguments | tojson) + '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
     "{%- elif m.role == 'tool' -%}"
-    "{{- '<|im_start|>user\\n<tool_response>\\n' + m.content + '\\n</tool_response><|im_end|>\\n' -}}"
-    "{%- else -%}"
-    "{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\\n<tool_response>\\n' + m.content + '\\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- elif m.role != 'system' -%}"
+    "{{- raise_exception('unknown role ' + m.role) -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}"
@@ -35,29 +65,33 @@ CHATML = (
 )
 
 
+# Llama-3.1's layout: tool schemas in a system turn, a tool call as the whole assistant turn in JSON with
+# "parameters", results in an ipython turn
 LLAMA3 = (
     "{{- '<|begin_of_text|>' -}}"
+    "{%- if tools -%}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\nRespond with a JSON object {\"name\": function name, "
+    "\"parameters\": dictionary of arguments} to call one of these functions:' -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '<|eot_id|>' -}}"
+    "{%- endif -%}"
     "{%- for m in messages -%}"
-    "{{- '<|start_header_id|>' + m.role + '<|end_header_id|>\n\n' + m.content + '<|eot_id|>' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}{%- endif -%}"
-)
-GLM = (
-    "{{- '[gMASK]<sop>' -}}"
-    "{%- for m in messages -%}"
-    "{%- if m.role == 'assistant' -%}"
-    "{{- '<|assistant|>\n<think>' + (m.reasoning_content or '') + '</think>\n' + m.content -}}"
+    "{%- if m.tool_calls -%}"
+    "{%- set fn = m.tool_calls[0].function if m.tool_calls[0].function is defined else m.tool_calls[0] -%}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n{\"name\": \"' + fn.name + '\", \"parameters\": ' "
+    "+ (fn.arguments | tojson) + '}<|eot_id|>' -}}"
     "{%- elif m.role == 'tool' -%}"
-    "{{- '<|observation|>\n<tool_response>' + m.content + '</tool_response>' -}}"
+    "{{- '<|start_header_id|>ipython<|end_header_id|>\\n\\n' + m.content + '<|eot_id|>' -}}"
     "{%- else -%}"
-    "{{- '<|' + m.role + '|>\n' + m.content -}}"
+    "{{- '<|start_header_id|>' + m.role + '<|end_header_id|>\\n\\n' + m.content + '<|eot_id|>' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|assistant|>\n' -}}"
-    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think></think>\n' -}}{%- endif -%}"
-    "{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
 )
+
+
+# GLM-4.5's layout, as the built-in model's tokenizer carries it: XML tool calls, <|observation|> turns
+GLM = (Path(__file__).resolve().parents[1] / "slide" / "assets" / "tokenizer" / "chat_template.jinja").read_text()
 # style -> (template, eos token, stop tokens for generation_config.json, architecture)
 STYLES = {"chatml": (CHATML, "<|im_end|>", ["<|im_end|>", "<|endoftext|>"], "qwen2"),
           "llama3": (LLAMA3, "<|eot_id|>", ["<|eot_id|>"], "llama"),

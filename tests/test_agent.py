@@ -18,7 +18,8 @@ from slide.agent.env import InvalidCall
 from slide.agent.envs.calculator import TOOLS, CalculatorEnv, CalculatorTask
 from slide.agent.envs.function_call import FunctionCallEnv, FunctionCallTask
 from slide.agent.envs.latency import with_latency
-from slide.agent.episode import encode_conversation, episode_stats, observation_text, run_episodes
+from slide.agent.episode import encode_conversation, episode_stats, run_episodes
+from slide.model.chat import chat_format
 from slide.engine.batching import BatchingEngine
 from slide.engine.inprocess import Completion, InProcessEngine, SamplingParams
 from slide.model.tiny import build_model, tiny_config
@@ -91,8 +92,14 @@ def calc_env(problem):
     return CalculatorEnv()
 
 
+def observation_text(observations: list[str], thinking: bool) -> str:
+    """GLM's environment turn, by hand: each result in <tool_response>, then the next generation prompt."""
+    body = "".join(f"\n<tool_response>{o}</tool_response>" for o in observations)
+    return body + "<|assistant|>\n" + ("" if thinking else "<think></think>\n")
+
+
 @pytest.mark.parametrize("thinking", [True, False])
-def test_observation_text_is_the_template_rendering(tok, thinking):
+def test_environment_turn_is_the_template_rendering(tok, thinking):
     msgs = [{"role": "user", "content": "q"},
             {"role": "assistant", "reasoning_content": "" if not thinking else "r", "content": "",
              "tool_calls": [{"name": "calculate", "arguments": {"expression": "1+2"}}]},
@@ -103,6 +110,8 @@ def test_observation_text_is_the_template_rendering(tok, thinking):
     prompt = chat_prompt(tok, msgs[:1], thinking=thinking, tools=TOOLS)
     assert prompt + turn + observation_text(["3", "x y"], thinking) == chat_prompt(tok, msgs, thinking=thinking,
                                                                                    tools=TOOLS)
+    env = chat_format(tok).environment_ids(msgs[:1], msgs[1], msgs[2:], thinking, TOOLS)
+    assert tok.decode(env) == observation_text(["3", "x y"], thinking)
 
 
 @pytest.mark.parametrize("thinking", [True, False])

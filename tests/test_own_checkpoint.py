@@ -11,11 +11,12 @@ import pytest
 from own_checkpoint import STYLES, build
 
 from slide.config import RLConfig, SFTConfig, dump_config, load_config
-from slide.model.chat import template_example
+from slide.model.chat import chat_format
 from slide.model.tokenizer import chat_prompt, glm_chat, stop_token_ids, tokenizer_for
 from slide.rl import sync
 from slide.rl.rollout import encode_prompt
 from slide.rundir import RunDir
+from slide.agent.envs.calculator import TOOLS
 from slide.tasks import Arithmetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,12 +27,11 @@ def ckpt(tmp_path_factory):
     return build(tmp_path_factory.mktemp("own") / "qwen2-chatml")
 
 
-# what the model writes after the generation prompt, per style: (thinking, reasoning, answer) -> text; and the
-# tokens the template renders after the assistant's end token (not trained)
+# what the model writes after the generation prompt, per style: (thinking, reasoning, answer) -> text
 WRITES = {
-    "chatml": (lambda th, r, a: (f"<think>\n{r}\n</think>\n\n" if th else "") + a + "<|im_end|>", 1),
-    "llama3": (lambda th, r, a: a + "<|eot_id|>", 0),
-    "glm": (lambda th, r, a: (f"<think>{r}</think>\n" if th else "") + a + "<|endoftext|>", 0),  # eos appended
+    "chatml": lambda th, r, a: (f"<think>\n{r}\n</think>\n\n" if th else "") + a + "<|im_end|>",
+    "llama3": lambda th, r, a: a + "<|eot_id|>",
+    "glm": lambda th, r, a: (f"<think>{r}</think>\n" if th else "") + a + "<|endoftext|>",  # eos appended
 }
 
 
@@ -43,12 +43,12 @@ def test_prompts_stops_and_masks_come_from_the_checkpoint(style, tmp_path):
     assert stop_token_ids(tok) == tok.convert_tokens_to_ids(STYLES[style][2])  # generation_config.json's eos ids
     problem = Arithmetic().generate(__import__("random").Random(0), 2)
     messages = [{"role": "user", "content": problem.prompt}]
-    writes, after = WRITES[style]
+    writes = WRITES[style]
     for thinking in (True, False):
         # the template's own rendering and tokenization, token for token
         assert encode_prompt(tok, problem, thinking) == tok.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=False, enable_thinking=thinking)
-        ids, mask = template_example(tok, messages, problem.reasoning, problem.answer, thinking)
+        ids, mask = chat_format(tok).example(messages, problem.reasoning, problem.answer, thinking)
         full = tok.apply_chat_template(messages + [{"role": "assistant", "content": problem.answer,
                                                    "reasoning_content": problem.reasoning if thinking else ""}],
                                        tokenize=False, enable_thinking=thinking)
@@ -57,7 +57,7 @@ def test_prompts_stops_and_masks_come_from_the_checkpoint(style, tmp_path):
         trained = tok.decode([i for i, m in zip(ids, mask) if m])
         assert trained == writes(thinking, problem.reasoning, problem.answer), trained
         assert tok.decode(ids[:mask.index(1)]) == prompt
-        assert mask == [0] * mask.index(1) + [1] * sum(mask) + [0] * after
+        assert mask == [0] * mask.index(1) + [1] * sum(mask)  # nothing after the stop token
 
 
 @pytest.mark.parametrize("style", sorted(STYLES))
@@ -79,6 +79,29 @@ def test_sft_rl_and_eval_run_on_every_style(style, tmp_path):
     assert same_tokenizer(saved, folder)
     r = cli("eval", "--model", str(saved), "--data", "arithmetic:1", "--prompts", "4", "--out", str(tmp_path / "e.json"))
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_tool_use_sft_and_rl_on_a_hermes_checkpoint(ckpt, tmp_path):
+    """Multi-turn tool use on the ChatML/Hermes checkpoint: SFT on calculator conversations, then agentic RL
+    episodes, both rendered by its own template (token-level correctness: tests/test_chat_format.py)."""
+    from slide import sft
+    from slide.model.chat import chat_format
+    cfg = load_config(SFTConfig, None, ["data=calculator:1", "steps=2", "batch_tokens=2048", "seq_len=1024",
+                                        "eval_prompts=2", "examples=8", f"model.init={ckpt}", f"out_dir={tmp_path}",
+                                        "name=sft"])
+    sft.run(cfg, RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg), tensorboard=False))
+    cfg = load_config(RLConfig, None, [f"model.init={tmp_path / 'sft' / 'final'}", "data.train=calculator:1",
+                                       "steps=1", "eval_every=0", "rollout.prompts_per_step=2", "rollout.n=2",
+                                       "rollout.max_new_tokens=16", "agent.max_turns=2", "agent.max_tokens=48",
+                                       "data.eval_prompts=2", "algo.dynamic_sampling=false", f"out_dir={tmp_path}",
+                                       "name=rl"])
+    run = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg), tensorboard=False)
+    sync.run(cfg, run)
+    traj = [json.loads(line) for line in (run.path / "trajectories.jsonl").read_text().splitlines()]
+    assert len(traj) == 4 and {t["status"] for t in traj} <= {"completed", "failed", "truncated"}
+    assert all(t["messages"][0] == {"role": "user", "content": t["prompt"]} and t["turns"] >= 1 for t in traj)
+    fmt = chat_format(tokenizer_for(str(tmp_path / "sft" / "final")))
+    assert fmt.tools.name == "hermes" and "<tools>" in fmt.render(traj[0]["messages"][:1], True, TOOLS)
 
 
 def test_sft_then_rl_on_the_checkpoint_learns(ckpt, tmp_path):
@@ -133,20 +156,20 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path):
     for f in ("config.json", "model.safetensors"):
         (bare / f).write_bytes((ckpt / f).read_bytes())
     small = build(tmp_path / "small", embedding_rows=300)  # a 400-token tokenizer over 300 embedding rows
-    no_system = build(tmp_path / "no-system", style="chatml")  # a template that refuses a role SFT/RL render
-    config = json.loads((no_system / "tokenizer_config.json").read_text())
-    strict = "{%- if messages[0].role == 'user' -%}{{ raise_exception('only system prompts are supported') }}{%- endif -%}"
-    template = no_system / "chat_template.jinja"
-    if template.is_file():
-        template.write_text(strict + template.read_text())
-    else:
-        config["chat_template"] = strict + config["chat_template"]
-        (no_system / "tokenizer_config.json").write_text(json.dumps(config))
+    no_system = with_template(build(tmp_path / "no-system"), lambda t: "{%- if messages[0].role == 'user' -%}"
+                              "{{ raise_exception('only system prompts are supported') }}{%- endif -%}" + t)
+    no_tool_role = with_template(build(tmp_path / "no-tool"), lambda t: "{%- for m in messages -%}{%- if m.role == "
+                                 "'tool' -%}{{ raise_exception('this template has no tool role') }}{%- endif -%}"
+                                 "{%- endfor -%}" + t)
+    no_calls = with_template(build(tmp_path / "no-calls"), lambda t: "{%- for m in messages -%}{{- m.content -}}"
+                             "{%- endfor -%}")
     cases = [
         (["rl", f"model.init={bare}", "data.train=arithmetic:1"], "no tokenizer files"),
         (["rl", f"model.init={small}", "data.train=arithmetic:1"], "the tokenizer has 400 tokens but the model's "
                                                                    "embeddings only 300 rows"),
-        (["rl", f"model.init={ckpt}", "data.train=calculator:1"], "needs SLIDE's GLM chat format"),
+        (["rl", f"model.init={no_calls}", "data.train=calculator:1"], "writes no tool calls in a format SLIDE knows"),
+        (["rl", f"model.init={no_tool_role}", "data.train=calculator:1"], "this template has no tool role"),
+        (["sft", f"model.init={no_tool_role}", "data=function_call"], "this template has no tool role"),
         (["sft", f"model.init={bare}", "data=arithmetic:1"], "no tokenizer files"),
         (["rl", f"model.init={no_system}", "data.train=arithmetic:1"], "only system prompts are supported"),
     ]
@@ -155,6 +178,18 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path):
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr[-1000:])
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def with_template(folder: Path, edit) -> Path:
+    """The checkpoint at `folder` with its chat template replaced by edit(template)."""
+    template = folder / "chat_template.jinja"
+    if template.is_file():
+        template.write_text(edit(template.read_text()))
+    else:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config["chat_template"] = edit(config["chat_template"])
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
 
 
 def test_async_run_and_kill_resume_on_the_checkpoint(ckpt, tmp_path):

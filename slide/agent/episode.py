@@ -1,21 +1,24 @@
-"""Multi-turn agent episodes over the GLM chat format: the model calls tools, environments answer.
+"""Multi-turn agent episodes over the checkpoint's own chat format: the model calls tools, environments answer.
 
     groups = run_episodes(engine, tok, problems, lambda p: CalculatorEnv(), params, n=8, max_turns=4,
                           max_tokens=1024)
     stats = episode_stats(groups)
 
 Each turn, every live episode generates its next assistant turn in ONE batched engine.generate call
-(n=1 per row). A turn ends at a stop token: <|observation|> after tool calls, <|endoftext|> or <|user|>
-after a final answer. The turn is parsed (parse_assistant), each call is checked against the env's
-tool schemas and run with env.step (all episodes' calls in parallel threads, each under a timeout), and
-the observation turn is appended as the chat template renders it:
+(n=1 per row). A turn ends at one of the checkpoint's stop tokens (GLM: <|observation|> after tool calls,
+<|endoftext|> or <|user|> after a final answer; ChatML: <|im_end|>). The turn is parsed by the checkpoint's
+tool format (slide/model/tool_formats.py: GLM's XML, Hermes/Qwen JSON), each call is checked against the
+env's tool schemas and run with env.step (all episodes' calls in parallel threads, each under a timeout),
+and the environment's turn is appended as the chat template renders it (slide/model/chat.py), e.g. GLM's:
 
     ...</tool_call><|observation|>            <- the model's stop token (trained)
     \\n<tool_response>OBS</tool_response>      <- one per call                    \\ environment tokens
     <|assistant|>\\n  (+ <think></think>\\n in non-thinking mode)                   / (loss mask 0)
 
 Token ids are never re-tokenised: the response is the exact concatenation of sampled ids and rendered
-environment ids, so decode(prompt + response) is the template's rendering of the conversation.
+environment ids. For an append-only template decode(prompt + response) is the template's rendering of the
+conversation; where the template renders it otherwise, the episode keeps its tokens and counts the event
+template_rewrites (ChatFormat.rewritten).
 
 How an episode ends (AgentSample.status / .reason):
     completed  answer       final answer; reward = env.reward(problem, final turn text)
@@ -23,9 +26,10 @@ How an episode ends (AgentSample.status / .reason):
     failed     invalid_format | unknown_tool | missing_argument | extra_argument | bad_arguments   reward 0
     truncated  max_turns | max_tokens | turn_tokens (one turn hit params.max_new_tokens)       reward 0
     aborted    reset_error  the env could not start the episode (factory/reset raised, bad tools)  reward 0
+    aborted    template_error  the chat template could not render a tool-result turn               reward 0
 Incidents that do not end the episode are counted in AgentSample.events: step_timeout, step_error,
 step_skipped (calls after a timed-out one in the same turn), reward_timeout, reward_error, and each
-StepResult.error key (tool_error, sandbox_unavailable, ...).
+StepResult.error key (tool_error, sandbox_unavailable, ...), and template_rewrites (above).
 """
 from __future__ import annotations
 
@@ -39,23 +43,12 @@ import torch
 
 from slide.agent.env import INVALID_FORMAT, Env, EnvFactory, InvalidCall, StepResult, check_call, validate_tools
 from slide.engine.inprocess import SamplingParams
-from slide.model.tokenizer import (
-    EOS,
-    RESPONSE_CLOSE,
-    RESPONSE_OPEN,
-    assistant_text,
-    chat_prompt,
-    parse_assistant,
-    require_glm_chat,
-    stop_token_ids,
-)
+from slide.errors import UserError
+from slide.model.chat import assistant_message, chat_format
 from slide.agent.isolated import CallTimeout
 from slide.rl.reward import bounded_call
 from slide.rl.sample import Sample
 from slide.tasks.base import Problem
-
-OBSERVATION = "<|observation|>"
-
 
 @dataclass
 class AgentSample(Sample):
@@ -77,41 +70,12 @@ class AgentSample(Sample):
                                        "events": self.events, "messages": self.messages}
 
 
-def observation_text(observations: list[str], thinking: bool) -> str:
-    """The environment's tokens after the model's <|observation|> stop token, up to where it writes again."""
-    body = "".join(f"\n{RESPONSE_OPEN}{o}{RESPONSE_CLOSE}" for o in observations)
-    return body + "<|assistant|>\n" + ("" if thinking else "<think></think>\n")
-
-
 def encode_conversation(tok, messages: list[dict], tools: list[dict] | None = None,
                         thinking: bool = True) -> tuple[list[int], list[int]]:
-    """(ids, loss mask) of a whole agent conversation, rendered exactly as run_episodes builds it: mask 1 on what
-    the model writes (each assistant turn and its stop token), 0 on the prompt and observation turns. For
-    cold-start SFT on tool traces (pack() takes these); the conversation starts with system/user messages,
-    then alternates assistant turns and runs of tool messages (a trailing run is rendered, masked)."""
-    first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    ids = tok.encode(chat_prompt(tok, messages[:first], thinking=thinking, tools=tools), add_special_tokens=False)
-    mask = [0] * len(ids)
-    i = first
-    while i < len(messages):
-        m = messages[i]
-        if m["role"] != "assistant":
-            raise ValueError(f"message {i}: expected an assistant turn, got role {m['role']!r}")
-        j = i + 1
-        while j < len(messages) and messages[j]["role"] in ("tool", "observation"):
-            j += 1
-        text = assistant_text(m.get("reasoning_content") or "", m.get("content") or "",
-                              end=OBSERVATION if j > i + 1 else EOS, tool_calls=m.get("tool_calls"))
-        if not thinking:  # the generation prompt already holds the empty think block
-            text = text.removeprefix("<think></think>\n")
-        t = tok.encode(text, add_special_tokens=False)
-        ids, mask = ids + t, mask + [1] * len(t)
-        if j > i + 1:
-            env = tok.encode(observation_text([str(o["content"]) for o in messages[i + 1:j]], thinking),
-                             add_special_tokens=False)
-            ids, mask = ids + env, mask + [0] * len(env)
-        i = j
-    return ids, mask
+    """(ids, loss mask) of a whole agent conversation, built as run_episodes builds an episode (ChatFormat.
+    conversation): mask 1 on what the model writes (each assistant turn and its stop token), 0 on the prompt and
+    the environment's turns. For cold-start SFT on tool traces (pack() takes these)."""
+    return chat_format(tok).conversation(messages, tools, thinking)
 
 
 def _bounded(env: Env, method: str, *args, timeout_s: float) -> tuple[str, Any]:
@@ -161,6 +125,8 @@ class _Episode:
     sample: AgentSample
     env: Env
     tools: list[dict]
+    prompt: list[dict] = field(default_factory=list)  # the messages of the prompt (what env.reset returned)
+    turn_start: int = 0  # where the model's latest turn starts in sample.response_ids
     live: bool = True
 
     def end(self, status: str, reason: str, error: str = "", reward: float = 0.0) -> None:
@@ -169,6 +135,8 @@ class _Episode:
 
     def add(self, tokens: list[int], logprobs: list[float], model: bool, version: int | None = None) -> None:
         s = self.sample
+        if model:
+            self.turn_start = len(s.response_ids)
         s.token_versions += [s.token_versions[-1] if version is None else version] * len(tokens)
         s.response_ids += tokens
         s.loss_mask += [int(model)] * len(tokens)
@@ -178,7 +146,7 @@ class _Episode:
         self.sample.events[key] = self.sample.events.get(key, 0) + 1
 
 
-def _start(tok, problem: Problem, group: int, env_factory: EnvFactory, thinking: bool, version: int,
+def _start(fmt, problem: Problem, group: int, env_factory: EnvFactory, thinking: bool, version: int,
            timeout_s: float) -> _Episode:
     sample = AgentSample(prompt_ids=[], response_ids=[], loss_mask=[], behaviour_logprobs=[], version=version,
                          problem=problem, group=group)
@@ -189,26 +157,16 @@ def _start(tok, problem: Problem, group: int, env_factory: EnvFactory, thinking:
         if status == "ok":
             tools = validate_tools(getattr(env, "tools", None) or [])
             sample.messages = list(value)
-            text = chat_prompt(tok, sample.messages, thinking=thinking, tools=tools or None)
-            sample.prompt_ids = tok.encode(text, add_special_tokens=False)
-            return _Episode(sample, env, tools)
-    except Exception as e:  # noqa: BLE001 - factory bug, or reset returned messages chat_prompt refuses
+            sample.prompt_ids = fmt.prompt_ids(sample.messages, thinking, tools)
+            return _Episode(sample, env, tools, prompt=list(value))
+    except Exception as e:  # noqa: BLE001 - factory bug, or reset returned messages the template refuses
         status, value = "raised", e
     sample.messages = [{"role": "user", "content": problem.prompt}]
-    sample.prompt_ids = tok.encode(chat_prompt(tok, sample.messages, thinking=thinking), add_special_tokens=False)
+    sample.prompt_ids = fmt.prompt_ids(sample.messages, thinking)
     ep = _Episode(sample, env, [])
     ep.end("aborted", "reset_error", "env reset timed out" if status == "timeout" else
            f"env reset failed: {type(value).__name__}: {value}"[:300])
     return ep
-
-
-def _assistant_message(parsed: dict, text: str) -> dict:
-    if "error" in parsed:
-        return {"role": "assistant", "content": text}  # as written, for the dump
-    m = {"role": "assistant", "reasoning_content": parsed["reasoning"], "content": parsed["content"]}
-    if parsed["tool_calls"]:
-        m["tool_calls"] = parsed["tool_calls"]
-    return m
 
 
 def _finite(value: Any) -> float | None:
@@ -250,11 +208,12 @@ def run_episodes(engine, tokenizer, problems: list[Problem], env_factory: EnvFac
     if n < 1 or max_turns < 1 or max_tokens < 1:
         raise ValueError(f"run_episodes: n, max_turns and max_tokens must be >= 1 "
                          f"(got {n}, {max_turns}, {max_tokens})")
-    require_glm_chat(tokenizer, "multi-turn agent episodes")  # observation turns are built as GLM text
-    run = _Run(tokenizer, replace(params, stop_token_ids=tuple(stop_token_ids(tokenizer))), max_turns, max_tokens,
+    fmt = chat_format(tokenizer)
+    fmt.needs_tools("multi-turn agent episodes")
+    run = _Run(fmt, replace(params, stop_token_ids=tuple(fmt.stop_ids)), max_turns, max_tokens,
                thinking, step_timeout_s, reward_timeout_s, before_turn or (lambda: None))
     version = getattr(engine, "version", 0)
-    episodes = [_start(tokenizer, p, first_group + g, env_factory, thinking, version, step_timeout_s)
+    episodes = [_start(fmt, p, first_group + g, env_factory, thinking, version, step_timeout_s)
                 for g, p in enumerate(problems) for _ in range(n)]
     if concurrent:
         _each_on_its_own(engine, run, episodes, generator)
@@ -262,14 +221,16 @@ def run_episodes(engine, tokenizer, problems: list[Problem], env_factory: EnvFac
         _lockstep(engine, run, episodes, generator)
     for ep in episodes:  # every episode has ended: the last turn truncates the ones still calling tools
         ep.sample.response_text = tokenizer.decode(ep.sample.response_ids, skip_special_tokens=False)
+        if ep.sample.turns > 1 and _rewritten(fmt, ep, thinking):
+            ep.count("template_rewrites")
     return [[e.sample for e in episodes[i * n:(i + 1) * n]] for i in range(len(problems))]
 
 
 @dataclass(frozen=True)
 class _Run:
     """What every turn of every episode of one run_episodes call needs."""
-    tok: Any
-    params: SamplingParams  # with GLM's stop tokens
+    fmt: Any  # the checkpoint's ChatFormat
+    params: SamplingParams  # with the checkpoint's stop tokens
     max_turns: int
     max_tokens: int
     thinking: bool
@@ -337,7 +298,7 @@ def _each_on_its_own(engine, run: _Run, episodes: list[_Episode], generator) -> 
 
 def _after_turn(run: _Run, ep: _Episode, c, budget: int, last: bool) -> list[dict] | None:
     """Record a generated turn (cut to `budget` tokens); the tool calls to run, or None if the episode ended."""
-    tok = run.tok
+    tok = run.fmt.tok
     cut = len(c.tokens) > budget
     tokens, finish = c.tokens[:budget], "length" if cut else c.finish_reason
     ep.add(tokens, list(c.logprobs[:budget]), model=True, version=c.version)
@@ -348,17 +309,15 @@ def _after_turn(run: _Run, ep: _Episode, c, budget: int, last: bool) -> list[dic
         s.messages.append({"role": "assistant", "content": text})
         ep.end("truncated", "max_tokens" if len(s.response_ids) >= run.max_tokens else "turn_tokens")
         return None
-    parsed = parse_assistant(text)
-    s.messages.append(_assistant_message(parsed, text))
-    calls, asks_tools = parsed["tool_calls"], tokens[-1] == run.params.stop_token_ids[2]  # <|observation|>
+    parsed = run.fmt.parse(text)
+    s.messages.append(assistant_message(parsed, text))
+    calls = parsed["tool_calls"]
     if "error" in parsed:
         ep.end("failed", INVALID_FORMAT, parsed["error"])
-    elif calls and not asks_tools:
-        ep.end("failed", INVALID_FORMAT, "tool calls must end with <|observation|>")
-    elif asks_tools and not calls:
-        ep.end("failed", INVALID_FORMAT, "<|observation|> without a tool call")
+    elif mismatch := run.fmt.call_turn_ok(tokens[-1] if tokens else None, bool(calls)):
+        ep.end("failed", INVALID_FORMAT, mismatch)
     elif not calls:
-        ep.end("completed", "answer", reward=_final_reward(ep, text, run.reward_timeout_s))
+        ep.end("completed", "answer", reward=_final_reward(ep, run.fmt.cut(text), run.reward_timeout_s))
     elif bad := next((b for b in (check_call(ep.tools, call) for call in calls) if b), None):
         ep.end("failed", *bad)
     elif last:
@@ -383,6 +342,7 @@ def _after_calls(run: _Run, ep: _Episode, outs: list) -> None:
     if invalid is not None:
         ep.end("failed", invalid.reason, str(invalid)[:300])
         return
+    assistant = s.messages[-1]
     for o in outs:
         s.tool_calls += 1
         s.tool_successes += o.error is None
@@ -395,11 +355,27 @@ def _after_calls(run: _Run, ep: _Episode, outs: list) -> None:
             ep.count("reward_error")
         ep.end("completed", "done", reward=reward or 0.0)
         return
-    env_ids = run.tok.encode(observation_text([o.observation for o in outs], run.thinking), add_special_tokens=False)
+    try:
+        env_ids = run.fmt.environment_ids(ep.prompt, assistant, s.messages[-len(outs):], run.thinking, ep.tools)
+    except UserError as e:  # preflight renders a tool round; a result this template cannot render ends only this one
+        ep.end("aborted", "template_error", str(e)[:300])
+        return
     if len(s.response_ids) + len(env_ids) >= run.max_tokens:  # no room left for the model to write anything
         ep.end("truncated", "max_tokens")
         return
     ep.add(env_ids, [], model=False)
+
+
+def _rewritten(fmt, ep: _Episode, thinking: bool) -> bool:
+    """Whether the template renders the conversation before the model's last turn otherwise than the ids the model
+    was given (one rendering per episode)."""
+    s = ep.sample
+    last = max(i for i, m in enumerate(s.messages) if m["role"] == "assistant")
+    seen = s.prompt_ids + s.response_ids[:ep.turn_start]
+    try:
+        return fmt.rewritten(s.messages[:last + 1], seen, thinking, ep.tools)
+    except UserError:  # a malformed last turn the template refuses: the episode has already failed on it
+        return False
 
 
 def episode_stats(groups: list[list[AgentSample]]) -> dict[str, float]:

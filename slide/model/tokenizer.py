@@ -56,9 +56,12 @@ def has_tokenizer(folder: str | Path) -> bool:
     return any((Path(folder) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
 
 
-def tokenizer_for(init: str | Path | None):
-    """The tokenizer a run uses: the checkpoint's own for `model.init`, the bundled one for the built-in model."""
-    return load_tokenizer(init, "model.init") if init else load_tokenizer()
+def tokenizer_for(init: str | Path | None, tool_format: str = "auto"):
+    """The tokenizer a run uses: the checkpoint's own for `model.init`, the bundled one for the built-in model;
+    `tool_format` (model.tool_format) names how its model writes tool calls (slide/model/tool_formats.py)."""
+    tok = load_tokenizer(init, "model.init") if init else load_tokenizer()
+    tok.slide_tool_format = tool_format
+    return tok
 
 
 def _checkpoint_stop_ids(folder: Path, tok) -> list[int]:
@@ -109,14 +112,6 @@ def stop_token_ids(tok) -> list[int]:
     return ids
 
 
-def require_glm_chat(tok, what: str) -> None:
-    """A UserError unless `tok` is the GLM character format (what agent episodes and tool-trace SFT build on)."""
-    if not glm_chat(tok):
-        raise UserError(f"{what} needs SLIDE's GLM chat format (the built-in model's tokenizer); the checkpoint "
-                        f"{getattr(tok, 'name_or_path', '?')!r} has its own template, for which multi-turn "
-                        f"episodes are not built yet: use single-turn tasks (math, code, datasets)")
-
-
 def _plain_arguments(args: Any) -> dict:
     """Tool-call arguments as a dict (OpenAI-style JSON strings are decoded)."""
     if args is None:
@@ -146,17 +141,19 @@ def _normalize_messages(messages: list[dict]) -> list[dict]:
     return out
 
 
-def chat_prompt(tok, messages: list[dict], thinking: bool = True, tools: list | None = None) -> str:
+def chat_prompt(tok, messages: list[dict], thinking: bool = True, tools: list | None = None,
+                generation_prompt: bool = True) -> str:
     """The rendered conversation up to where the model starts writing (ends with "<|assistant|>\\n", plus
-    "<think></think>\\n" when `thinking` is False). Messages: dicts with role (system, user, assistant, tool or
-    observation), content, and for assistants optionally reasoning_content and tool_calls."""
+    "<think></think>\\n" when `thinking` is False; without that generation prompt if `generation_prompt` is
+    False). Messages: dicts with role (system, user, assistant, tool or observation), content, and for
+    assistants optionally reasoning_content and tool_calls."""
     from jinja2 import TemplateError
 
     try:
         return tok.apply_chat_template(
             _normalize_messages(messages),
-            tools=tools,
-            add_generation_prompt=True,
+            tools=tools or None,
+            add_generation_prompt=generation_prompt,
             tokenize=False,
             enable_thinking=thinking,
         )

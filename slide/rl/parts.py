@@ -91,7 +91,7 @@ def reward_runner(verify: dict, spec) -> RewardRunner:
 
 def build(cfg: RLConfig, ckpt=None) -> Parts:
     torch.manual_seed(cfg.seed)
-    tok = tokenizer_for(cfg.model.init)  # the checkpoint's own, or the bundled one for the built-in model
+    tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)  # the checkpoint's own, or the bundled one for the built-in model
     policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed)
     ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed) if cfg.algo.kl_coef > 0 else None  # initial policy
     trainer = PolicyTrainer(policy, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,

@@ -17,6 +17,7 @@ from slide.algo.sampling import DynamicSampler
 from slide.config import AgentSpec
 from slide.config import RolloutSpec
 from slide.engine.inprocess import Completion, SamplingParams
+from slide.model.chat import chat_format
 from slide.model.tokenizer import chat_prompt
 from slide.rl.reward import RewardRunner
 from slide.rl.sample import Sample
@@ -97,8 +98,10 @@ class Rollout:
                                     behaviour_logprobs=c.logprobs, version=c.version, problem=problem, group=0,
                                     status=status, response_text=text))
             groups.append(group)
-        # one message per group to the reward workers (a verifier that hangs is killed there, never here)
-        rewards = self.reward.score([(g[0].problem, [s.response_text for s in g]) for g in groups])
+        # one message per group to the reward workers (a verifier that hangs is killed there, never here); each
+        # response scored without its stop token (the template's end token is no part of the answer)
+        cut = chat_format(tok).cut
+        rewards = self.reward.score([(g[0].problem, [cut(s.response_text) for s in g]) for g in groups])
         for group, values in zip(groups, rewards):
             for s, r in zip(group, values):
                 s.reward = r

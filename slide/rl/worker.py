@@ -43,7 +43,7 @@ class RolloutWorker:
     def __init__(self, index: int, cfg: dict, buckets: list[Bucket]):
         cfg = RLConfig.model_validate(cfg)
         set_threads(cfg.disagg.worker_threads)  # no call when torch already uses that many (slide.engine)
-        tok = tokenizer_for(cfg.model.init)
+        tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)
         model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)  # the architecture; weights follow
         model = cast_for_compute(model, DTYPES[compute_dtype(cfg.rollout.precision)])  # as make_engine's engines
         self.engine = BatchingEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id))  # loads never overlap
