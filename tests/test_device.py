@@ -84,7 +84,8 @@ def test_auto_precision_is_bf16_on_gpu_fp32_on_cpu():
 
 def test_cpu_helpers_are_what_they_were():
     cpu = torch.device("cpu")
-    assert torch.equal(torch.rand(8, generator=generator(cpu, 3)), torch.rand(8, generator=torch.Generator().manual_seed(3)))
+    plain = torch.Generator().manual_seed(3)
+    assert torch.equal(torch.rand(8, generator=generator(cpu, 3)), torch.rand(8, generator=plain))
     assert memory_metrics(cpu) == {}
     if not torch.cuda.is_initialized():
         assert set(rng_state()) == {"python", "numpy", "torch"}  # no CUDA stream saved where CUDA is unused
