@@ -1,6 +1,6 @@
 """A fixed-shape RL step benchmark on any local Hugging Face causal LM.
 
-    slide bench --model DIR --prompts 8 --gens 8 --len 128 --steps 5 [--dtype bf16] [--engine vllm]
+    slide bench --model DIR --prompts 8 --gens 8 --len 128 --steps 5 [--dtype bf16] [--engine vllm] [--device cuda]
     python -m slide.bench --model DIR ... --engine vllm      # the same, without the CLI
 
 Each step: P prompts x G generations of exactly L new tokens (stop tokens suppressed), a reward,
@@ -25,7 +25,8 @@ from transformers import AutoTokenizer
 from slide.algo.grpo import group_advantages
 from slide.cli import add_bench_arguments
 from slide.config import AlgoSpec, TrainSpec
-from slide.engine import DTYPES, ENGINES, make_engine
+from slide.device import generator, memory_metrics, precision_for, resolve_device, synchronize
+from slide.engine import DTYPES, ENGINES, VLLM_GPU_SHARE, make_engine
 from slide.engine.inprocess import SamplingParams
 from slide.errors import UserError
 from slide.model.load import load_model
@@ -48,20 +49,23 @@ def run_bench(a) -> dict:
     kind = getattr(a, "engine", "inprocess")
     if kind not in ENGINES:
         raise UserError(f"--engine {kind!r}: allowed {', '.join(ENGINES)}")
+    device = resolve_device(getattr(a, "device", "auto"))
+    precision = precision_for(a.dtype, device)
     torch.manual_seed(0)
-    policy = load_model(a.model, "--model")
+    policy = load_model(a.model, "--model", device=device)  # fp32 master weights; --dtype sets the autocast
     try:
         tok = AutoTokenizer.from_pretrained(a.model)
     except Exception as e:
         raise UserError(f"--model {a.model!r}: cannot load its tokenizer ({type(e).__name__})") from None
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    dtype = DTYPES[a.dtype]
+    dtype = DTYPES[precision]
     if kind == "vllm":
         from slide.engine.vllm_engine import VLLMEngine
-        engine = VLLMEngine(a.model, dtype=a.dtype)  # built from the same folder, so it starts at version 0
+        on_gpu = {"gpu_memory_utilization": VLLM_GPU_SHARE} if device.type == "cuda" else {}
+        engine = VLLMEngine(a.model, dtype=precision, **on_gpu)  # from the same folder: it starts at version 0
     else:
-        engine = make_engine("inprocess", policy, pad, a.dtype)  # rollout copy at rollout precision
-    sync = WeightSync(precision=a.dtype, bucket_mb=256)
+        engine = make_engine("inprocess", policy, pad, precision)  # rollout copy at rollout precision
+    sync = WeightSync(precision=precision, bucket_mb=256)
     train = TrainSpec(lr=1e-5, micro_batch=a.prompts * a.gens, compile=getattr(a, "compile", False),
                       gradient_checkpointing=getattr(a, "grad_ckpt", False))
     trainer = PolicyTrainer(policy, train, AlgoSpec(),
@@ -69,7 +73,7 @@ def run_bench(a) -> dict:
     params = SamplingParams(temperature=1.0, max_new_tokens=a.len, min_new_tokens=a.len,
                             stop_token_ids=tuple(t for t in [tok.eos_token_id] if t is not None))
     rng = random.Random(0)
-    gen = torch.Generator().manual_seed(0)
+    gen = generator(device, 0)
     times: dict[str, list[float]] = {k: [] for k in ("generate", "logprobs", "train", "sync", "step")}
     for step in range(a.steps):
         t0 = time.perf_counter()
@@ -77,6 +81,7 @@ def run_bench(a) -> dict:
         problems = [Problem(prompt=f"{x}+{y}=", answer=str(x + y), family="sum", level=1) for x, y in pairs]
         prompts = [tok.encode(p.prompt, add_special_tokens=False) for p in problems]
         out = engine.generate(prompts, params, n=a.gens, generator=gen)
+        synchronize(device)
         t1 = time.perf_counter()
         groups = []
         for g, (p, ids, comps) in enumerate(zip(problems, prompts, out)):
@@ -90,8 +95,10 @@ def run_bench(a) -> dict:
         advantages = {id(s): float(v) for g, row in zip(groups, adv) for s, v in zip(g, row)}
         t2 = time.perf_counter()
         trainer.step([s for g in groups for s in g], advantages)
+        synchronize(device)
         t3 = time.perf_counter()
         sync.push(policy, engine, version=step + 1)
+        synchronize(device)
         t4 = time.perf_counter()
         for k, v in (("generate", t1 - t0), ("logprobs", 0.0), ("train", t3 - t2), ("sync", t4 - t3),
                      ("step", t4 - t0)):
@@ -102,12 +109,14 @@ def run_bench(a) -> dict:
     med = {k: statistics.median(v) for k, v in steady.items()}
     tokens = a.prompts * a.gens * a.len
     result = {"step_s_median": med["step"], "gen_tok_s": tokens / med["generate"], "peak_rss_mb": _peak_rss_mb(),
-              **{f"{k}_s_median": med[k] for k in ("generate", "logprobs", "train", "sync")}}
+              **{f"{k}_s_median": med[k] for k in ("generate", "logprobs", "train", "sync")},
+              **memory_metrics(device)}
     print(f"phases (median s): generate={med['generate']:.3f} logprobs=0.000 (fused into the train forward) "
-          f"train={med['train']:.3f} sync={med['sync']:.3f}  dtype={a.dtype} engine={kind} "
+          f"train={med['train']:.3f} sync={med['sync']:.3f}  dtype={precision} engine={kind} device={device} "
           f"threads={torch.get_num_threads()} compile={train.compile} grad_ckpt={train.gradient_checkpointing}")
+    gpu = f" peak_gpu_gib={result['gpu/peak_gib']:.2f}" if "gpu/peak_gib" in result else ""
     print(f"bench: step_s_median={med['step']:.3f} gen_tok_s={tokens / med['generate']:.0f} "
-          f"peak_rss_mb={result['peak_rss_mb']:.0f}")
+          f"peak_rss_mb={result['peak_rss_mb']:.0f}{gpu}")
     return result
 
 

@@ -4,12 +4,14 @@
     slide sft CONFIG [key=value ...]             # cold-start SFT
     slide rl CONFIG [key=value ...]              # colocated synchronous RL
     slide rl --resume RUN_DIR                    # continue a killed run
-    slide eval --model DIR --data SPEC [--k N]   # pass@1 / pass@k per family and level
+    slide eval --model DIR --data SPEC [--k N]   # pass@1 / pass@k per family and level (--device, --dtype)
     slide bench --model DIR --prompts P --gens G --len L --steps S
     slide data synth|measure|filter|dedup ...    # curate datasets (slide/datatools/)
     slide ablate NAME                            # a GLM RL lesson, both arms x seeds (slide/ablate/)
 
-Bad input (config, data, checkpoint, flag) prints one line `error: ...` and exits with status 2.
+Every command that runs a model takes a device: `device=auto|cpu|cuda|cuda:N` in sft/rl configs, `--device` for
+the others (auto: CUDA when present). Bad input (config, data, checkpoint, flag, a device this machine lacks)
+prints one line `error: ...` and exits with status 2.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from slide.engine import ENGINES, set_threads
+from slide.device import add_device_arguments, precision_for, resolve_device
+from slide.engine import DTYPES, ENGINES, set_threads
 from slide.errors import UserError
 from slide.preflight import check_inputs
 
@@ -47,6 +50,7 @@ def cmd_sft(a) -> None:
     from slide.progress import StepProgress
     from slide.rundir import RunDir
     cfg = load_config(SFTConfig, *_config_args(a))
+    resolve_device(cfg.device)  # a missing GPU stops here, before anything is written
     check_inputs([cfg.data], cfg.model, sft=True)
     set_threads(cfg.threads)
     run_dir = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg))
@@ -63,10 +67,12 @@ def cmd_rl(a) -> None:
     if a.resume:
         if a.config or a.overrides:
             raise UserError("slide rl --resume RUN_DIR takes no config or overrides (the run's own config is used)")
+        cfg = load_config(RLConfig, str(RunDir.config_of(a.resume)))
+        resolve_device(cfg.device)  # before open() trims the logs past the last checkpoint
         run_dir, ckpt = RunDir.open(a.resume)
-        cfg = load_config(RLConfig, str(run_dir.path / "config.yaml"))
     else:
         cfg = load_config(RLConfig, *_config_args(a))
+        resolve_device(cfg.device)
         check_inputs([cfg.data.train, cfg.data.eval], cfg.model, cfg.data.reward)
         run_dir, ckpt = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg)), None
     set_threads(cfg.threads)
@@ -93,7 +99,8 @@ def cmd_eval(a) -> None:
     from slide.tasks import parse_task_specs
     if a.k < 1:
         raise UserError(f"--k must be >= 1, got {a.k}")
-    model, tok = load_with_tokenizer(a.model, "--model")
+    device = resolve_device(a.device)
+    model, tok = load_with_tokenizer(a.model, "--model", DTYPES[precision_for(a.dtype, device)], device)
     specs = parse_task_specs(a.data)
     problems = eval_problems(specs, a.prompts, a.seed)
     result = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=a.k,
@@ -106,7 +113,8 @@ def cmd_eval(a) -> None:
 
 def cmd_demo(a) -> None:
     from slide.demo import run_demo
-    run_demo(a.out, quick=a.quick)
+    resolve_device(a.device)
+    run_demo(a.out, quick=a.quick, device=a.device)
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,8 +124,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gens", type=int, default=8)
     parser.add_argument("--len", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                        help="training autocast and rollout precision (bf16: engine weights and compute in bf16)")
+    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="training autocast and rollout precision (bf16: engine weights and compute in bf16; "
+                             "auto: bf16 on a GPU, fp32 on the CPU)")
+    add_device_arguments(parser, dtype=False)
     parser.add_argument("--compile", action="store_true", help="train.compile: torch.compile the training forward")
     parser.add_argument("--grad-ckpt", action="store_true",
                         help="train.gradient_checkpointing: recompute activations in backward (less memory)")
@@ -132,7 +142,8 @@ def cmd_bench(a) -> None:
 
 def cmd_ablate(a) -> None:
     from slide.ablate.runner import run_ablation
-    run_ablation(a.name, a.out, tuple(a.seeds), quick=a.quick, parallel=a.parallel)
+    resolve_device(a.device)
+    run_ablation(a.name, a.out, tuple(a.seeds), quick=a.quick, parallel=a.parallel, device=a.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,10 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=96)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", help="JSON output (default MODEL/eval.json)")
+    add_device_arguments(e)
     e.set_defaults(fn=cmd_eval)
     d = sub.add_parser("demo", help="SFT -> RL -> eval on the demo-size tiny GLM (CPU)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--quick", action="store_true", help="test-size model, a few steps (smoke test)")
+    add_device_arguments(d, dtype=False)
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="fixed-shape RL step benchmark on a local HF causal LM")
     add_bench_arguments(b)
@@ -170,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ab.add_argument("--parallel", type=int, default=2, help="runs at a time (one torch thread each)")
     ab.add_argument("--quick", action="store_true", help="toy size: a smoke test of the whole path")
+    add_device_arguments(ab, dtype=False)
     ab.set_defaults(fn=cmd_ablate)
     from slide.datatools.cli import add_parser as add_data_parser
     add_data_parser(sub)

@@ -8,12 +8,16 @@ Configs are frozen: derived values live elsewhere, never written back.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from slide.device import DEVICES, check_device_spec
 from slide.errors import UserError
+
+Device = Annotated[str, BeforeValidator(check_device_spec)]  # its own message for a non-string too
+DEVICE_HELP = f"{DEVICES}: where the trainer, the in-process engine and sampling run (auto: CUDA when present)"
 
 
 class Section(BaseModel):
@@ -42,10 +46,11 @@ class TrainSpec(Section):
                                                        "splits the batch into k mini-batches of whole groups, "
                                                        "clipped against the rollout policy (PPO-style)")
     warmup_steps: int = Field(0, ge=0)
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="trainer compute: bf16 = autocast forward/backward, fp32 master weights and AdamW state "
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="trainer compute: bf16 = autocast forward/backward, fp32 master weights and AdamW state "
                             "(GLM's BF16 training); fast where bf16 matmuls are native (GPUs, CPUs with AMX), "
-                            "slower than fp32 on the tiny models here and on CPUs without native bf16")
+                            "slower than fp32 on the tiny models here and on CPUs without native bf16; "
+                            "auto = bf16 on a GPU, fp32 on the CPU")
     compile: bool = Field(False, description="torch.compile the trainer's forward/backward (dynamic shapes): fuses "
                                              "the elementwise ops and, on a CPU, runs eager attention there (the CPU "
                                              "flash-attention backward is slow in bf16); pays off on larger dense "
@@ -71,9 +76,10 @@ class RolloutSpec(Section):
     engine: Literal["inprocess", "vllm"] = Field(
         "inprocess", description="rollout engine: inprocess (HF model + KV cache, this process) or vllm "
                                  "(optional extra: bash scripts/setup_vllm.sh, run in .venv-vllm; mode=sync)")
-    precision: Literal["fp32", "bf16", "fp8"] = Field(
-        "fp32", description="rollout weights as pushed to the engines: fp8 = GLM's block-wise e4m3 (128x128 blocks); "
-                            "the engines compute in bf16 for bf16 and fp8 (fp8 dequantized on receipt), fp32 for fp32")
+    precision: Literal["auto", "fp32", "bf16", "fp8"] = Field(
+        "auto", description="rollout weights as pushed to the engines: fp8 = GLM's block-wise e4m3 (128x128 blocks); "
+                            "the engines compute in bf16 for bf16 and fp8 (fp8 dequantized on receipt), fp32 for fp32; "
+                            "auto = bf16 on a GPU, fp32 on the CPU")
     sync_bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size, MiB")
     length_stages: list[tuple[int, int]] = Field(
         [], description="output-length schedule for training rollouts: [[from_step, max_new_tokens], ...] with "
@@ -194,6 +200,7 @@ class RLConfig(Section):
     eval_every: int = Field(10, ge=0, description="0 = only at the end")
     save_every: int = Field(10, ge=1)
     threads: int = Field(0, ge=0, description="torch threads; 0 = torch's default (one per physical core)")
+    device: Device = Field("auto", description=DEVICE_HELP + "; async workers each resolve it (a share of the GPUs)")
     mode: Literal["sync", "async"] = Field("sync", description="sync: colocated, alternating; async: Ray workers")
     watchdog_s: float = Field(1800.0, ge=0, description="a step with no progress (no engine call, reward, trainer "
                                                         "micro-batch) for this long dumps every thread's stack, "
@@ -249,6 +256,10 @@ class SFTConfig(Section):
     eval_prompts: int = Field(100, ge=1)
     stop_at_pass_rate: float | None = Field(None, gt=0, le=1, description="stop once greedy held-out pass@1 reaches this")
     threads: int = Field(0, ge=0)
+    device: Device = Field("auto", description=DEVICE_HELP)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="compute: bf16 = autocast, fp32 master weights and AdamW state; auto = bf16 on a GPU, "
+                            "fp32 on the CPU")
     model: ModelSpec = ModelSpec()
 
 
@@ -266,7 +277,7 @@ def _format(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}")
     return f"{source}: " + "; ".join(parts)
 

@@ -55,7 +55,7 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def run_demo(out: str, quick: bool = False) -> dict:
+def run_demo(out: str, quick: bool = False, device: str = "auto") -> dict:
     from slide import sft
     from slide.rl import sync
     root = Path(out)
@@ -65,7 +65,8 @@ def run_demo(out: str, quick: bool = False) -> dict:
         root = Path(f"{out}-{i}")
     out = str(root)
     t0 = time.perf_counter()
-    sft_cfg = load_config(SFTConfig, _config_path("demo_sft.yaml"), [f"out_dir={out}", *(QUICK_SFT if quick else [])])
+    sft_cfg = load_config(SFTConfig, _config_path("demo_sft.yaml"),
+                          [f"out_dir={out}", f"device={device}", *(QUICK_SFT if quick else [])])
     sft_dir = RunDir.create(out, sft_cfg.name, dump_config(sft_cfg))
     with StepProgress("1/2 cold-start SFT", sft_cfg.steps, ["loss", "eval_pass@1"]) as bar:
         before = sft.run(sft_cfg, sft_dir, progress=bar.update)
@@ -74,7 +75,7 @@ def run_demo(out: str, quick: bool = False) -> dict:
     print_eval(before, title="after SFT (RL's starting point)")
     init = str(sft_dir.path / "final")
     rl_cfg = load_config(RLConfig, _config_path("demo_rl.yaml"),
-                         [f"out_dir={out}", f"model.init={init}", *(QUICK_RL if quick else [])])
+                         [f"out_dir={out}", f"model.init={init}", f"device={device}", *(QUICK_RL if quick else [])])
     rl_dir = RunDir.create(out, rl_cfg.name, dump_config(rl_cfg))
     with StepProgress("2/2 GRPO", rl_cfg.steps, ["reward_mean", "eval_pass@1"]) as bar:
         after = sync.run(rl_cfg, rl_dir, progress=bar.update)

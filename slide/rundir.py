@@ -33,13 +33,21 @@ class NullWriter:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every global random stream; the CUDA generators too once this process has used CUDA (never initialised on
+    a CPU run, so its checkpoints are what they always were)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()  # one CPU byte tensor per GPU
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():  # a GPU run resumed on a GPU machine
+        for index, cuda in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda, index)
 
 
 class RunDir:
@@ -67,14 +75,20 @@ class RunDir:
     @classmethod
     def open(cls, path: str) -> tuple["RunDir", Path | None]:
         """An existing run and its latest complete checkpoint (None if it has none)."""
-        p = Path(path)
-        if not (p / "config.yaml").is_file():
-            raise UserError(f"--resume {path!r}: not a run directory (no config.yaml)")
+        p = cls.config_of(path).parent
         ckpt = latest_checkpoint(p / "checkpoints")
         step = int(ckpt.name[len(CKPT_PREFIX):]) if ckpt else 0
         run = cls(p, purge_step=step + 1)
         run.truncate_after(step)
         return run, ckpt
+
+    @staticmethod
+    def config_of(path: str) -> Path:
+        """The config.yaml of the run at `path` (read before `open` touches the run: its device may be missing)."""
+        config = Path(path) / "config.yaml"
+        if not config.is_file():
+            raise UserError(f"--resume {path!r}: not a run directory (no config.yaml)")
+        return config
 
     # -- logs ---------------------------------------------------------------------------------
     def _append(self, name: str, rows: list[dict]) -> None:
@@ -141,6 +155,6 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def load_state(ckpt: Path) -> dict:
     try:
-        return torch.load(ckpt / "state.pt", weights_only=False)
+        return torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")  # a GPU run's, on any machine
     except Exception as e:
         raise UserError(f"checkpoint {str(ckpt)!r}: state.pt unreadable ({type(e).__name__})") from None

@@ -16,6 +16,8 @@ import torch
 
 from slide.agent.families import AGENT_FAMILIES, is_agentic
 from slide.config import SFTConfig
+from slide.device import memory_metrics, precision_for, resolve_device
+from slide.engine import DTYPES
 from slide.engine.inprocess import InProcessEngine
 from slide.errors import UserError
 from slide.eval.passk import evaluate, verifiers
@@ -113,15 +115,18 @@ class ExampleStream:
 
 
 def backward(model, load: ExpertLoad, batches: list[list[tuple[list[int], list[int]]]], seq_len: int,
-             pad: int) -> tuple[float, int]:
+             pad: int, autocast: torch.dtype = torch.float32) -> tuple[float, int]:
     """Gradients of the mean cross-entropy over the target tokens of all `batches` (each packed and run on its
-    own: gradient accumulation), exactly what one batch of all their examples gives. Returns (loss, targets)."""
-    packed = [pack(b, seq_len, pad) for b in batches]
+    own: gradient accumulation), exactly what one batch of all their examples gives, computed where the model is
+    (autocast: bf16 = mixed precision, fp32 weights). Returns (loss, targets)."""
+    device = next(model.parameters()).device
+    packed = [[t.to(device) for t in pack(b, seq_len, pad)] for b in batches]
     total = sum(int((labels != -100).sum()) for _, labels, _, _, _ in packed)
     loss = 0.0
     for ids, labels, pos, mask, real in packed:
         rows, cols = (labels != -100).nonzero(as_tuple=True)  # the target tokens: the LM head runs only there
-        with load.tokens(real):  # the router balance counts the examples' tokens, not the rows' padding
+        with load.tokens(real), torch.autocast(device.type, dtype=autocast, enabled=autocast != torch.float32):
+            # the router balance counts the examples' tokens, not the rows' padding
             logp = token_logprobs(model, {"input_ids": ids, "attention_mask": mask, "position_ids": pos}, rows, cols,
                                   labels[rows, cols])  # in chunks: no [rows, seq_len, vocab] tensor
         part = -logp.mean() if len(packed) == 1 else -logp.sum() / max(total, 1)  # the same mean either way
@@ -132,9 +137,11 @@ def backward(model, load: ExpertLoad, batches: list[list[tuple[list[int], list[i
 
 def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
     """Train, evaluating held-out greedy pass@1 every eval_every steps; saves `final/` (an HF folder)."""
+    device = resolve_device(cfg.device)
+    autocast = DTYPES[precision_for(cfg.precision, device)]
     torch.manual_seed(cfg.seed)
-    tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)  # the checkpoint's own, or the bundled one for the built-in model
-    model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)
+    tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)  # the checkpoint's own, or the built-in model's
+    model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=device)  # fp32 master weights
     load = ExpertLoad(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     specs = parse_task_specs(cfg.data)  # a dataset is read once
@@ -160,14 +167,14 @@ def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
                    for _ in range(cfg.grad_accum)]
         model.train()
         opt.zero_grad(set_to_none=True)
-        loss, targets = backward(model, load, batches, cfg.seq_len, tok.pad_token_id)
+        loss, targets = backward(model, load, batches, cfg.seq_len, tok.pad_token_id, autocast)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         balance = load.update_bias(cfg.model.router_bias_rate)
         model.eval()
         seen_tokens += targets
         metrics = {"loss": loss, "grad_norm": float(grad_norm), "lr": lr, "target_tokens": seen_tokens,
-                   "elapsed_s": time.perf_counter() - t0, **balance}
+                   "elapsed_s": time.perf_counter() - t0, **balance, **memory_metrics(device)}
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             last = evaluate(engine, tok, held_out, verify, k=1, thinking=cfg.thinking)
             run_dir.log_eval(step, last)

@@ -42,7 +42,7 @@ def _done(run: Path, steps: int) -> bool:
     return (run / "checkpoints" / f"step_{steps:06d}").exists() or read_run(run)["last_step"] >= steps
 
 
-def base_checkpoint(out: Path, quick: bool) -> Path:
+def base_checkpoint(out: Path, quick: bool, device: str = "auto") -> Path:
     """The cold-start SFT checkpoint every ablation starts from (trained once, then reused)."""
     base = out / ("base-quick" if quick else "base")
     if (base / "final" / "config.json").is_file():
@@ -51,7 +51,7 @@ def base_checkpoint(out: Path, quick: bool) -> Path:
         import shutil
         shutil.rmtree(base)
     print(f"ablate: cold-start SFT -> {base} (once; every ablation reuses it)", flush=True)
-    overrides = (QUICK_SFT if quick else BASE_SFT) + [f"out_dir={out}", f"name={base.name}"]
+    overrides = (QUICK_SFT if quick else BASE_SFT) + [f"out_dir={out}", f"name={base.name}", f"device={device}"]
     from importlib import resources
     recipe = str(resources.files("slide") / "configs" / "demo_sft.yaml")
     if subprocess.run(_slide("sft", recipe, *overrides)).returncode != 0:
@@ -59,7 +59,8 @@ def base_checkpoint(out: Path, quick: bool) -> Path:
     return base / "final"
 
 
-def _command(ablation: Ablation, arm: str, seed: int, run: Path, init: Path, data_dir: Path, quick: bool) -> list[str]:
+def _command(ablation: Ablation, arm: str, seed: int, run: Path, init: Path, data_dir: Path, quick: bool,
+             device: str = "auto") -> list[str]:
     if (run / "config.yaml").is_file():
         return _slide("rl", "--resume", str(run))
     arm_overrides = [o.replace("{data}", str(data_dir)) for o in ablation.arms[arm]]
@@ -69,11 +70,11 @@ def _command(ablation: Ablation, arm: str, seed: int, run: Path, init: Path, dat
                           if any(o.startswith("rollout.length_stages") for o in arm_overrides) else [])
     steps = QUICK_STEPS if quick else ablation.steps
     return _slide("rl", *RL_COMMON, *ablation.common, *arm_overrides, *toy, f"model.init={init}", f"seed={seed}",
-                  f"steps={steps}", f"out_dir={run.parent}", f"name={run.name}")
+                  f"steps={steps}", f"out_dir={run.parent}", f"name={run.name}", f"device={device}")
 
 
 def run_ablation(name: str, out: str = "runs/ablate", seeds: tuple[int, ...] = (0, 1), quick: bool = False,
-                 parallel: int = 2) -> dict:
+                 parallel: int = 2, device: str = "auto") -> dict:
     if name not in ABLATIONS:
         raise UserError(f"ablate: unknown ablation {name!r} (allowed: {', '.join(ABLATIONS)})")
     if not seeds:
@@ -81,7 +82,7 @@ def run_ablation(name: str, out: str = "runs/ablate", seeds: tuple[int, ...] = (
     ablation = ABLATIONS[name]
     root = Path(out)
     here = root / (name + ("-quick" if quick else ""))
-    init = base_checkpoint(root, quick)
+    init = base_checkpoint(root, quick, device)
     data_dir = here / "data"
     ablation.prepare(data_dir, quick)
     steps = QUICK_STEPS if quick else ablation.steps
@@ -99,7 +100,7 @@ def run_ablation(name: str, out: str = "runs/ablate", seeds: tuple[int, ...] = (
             run = runs[key]
             here.mkdir(parents=True, exist_ok=True)
             log = open(here / f"{run.name}.log", "a")
-            cmd = _command(ablation, key[0], key[1], run, init, data_dir, quick)
+            cmd = _command(ablation, key[0], key[1], run, init, data_dir, quick, device)
             active[key] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.perf_counter())
         time.sleep(1.0)
         for key, (proc, started) in list(active.items()):

@@ -2,7 +2,7 @@
 
     slide data synth OUT --tasks SPEC --n N [--wrong-share F] [--seed S]
     slide data measure IN OUT --model DIR --k K [--temperature T] [--max-new-tokens L]
-                              [--prompts-per-batch B] [--seed S]
+                              [--prompts-per-batch B] [--seed S] [--device D] [--dtype auto|fp32|bf16]
     slide data filter IN OUT [--verified] [--min-pass-rate X] [--max-pass-rate Y] [--min-response-len N]
                              [--max-response-len N] [--drop-shortest F]
     slide data dedup IN OUT
@@ -17,6 +17,7 @@ from pathlib import Path
 from slide.datatools.dedup import dedup_rows
 from slide.datatools.filters import filter_rows
 from slide.datatools.io import check_output, read_rows, write_rows
+from slide.device import add_device_arguments
 from slide.errors import UserError
 
 
@@ -30,9 +31,9 @@ def cmd_synth(a) -> None:
 
 
 def cmd_measure(a) -> None:
-    import torch
-
     from slide.datatools.pass_rates import measure, with_measurements
+    from slide.device import generator, precision_for, resolve_device
+    from slide.engine import DTYPES
     from slide.datatools.problems import row_problems, row_verifiers
     from slide.engine.inprocess import InProcessEngine
     from slide.model.load import load_with_tokenizer
@@ -43,14 +44,15 @@ def cmd_measure(a) -> None:
             raise UserError(f"{flag} must be >= {low}, got {value}")
     if not a.temperature >= 0:  # also refuses nan
         raise UserError(f"--temperature must be >= 0 (0 = greedy), got {a.temperature}")
+    device = resolve_device(a.device)
     check_output(a.out, a.inp)
     rows = read_rows(a.inp)
     problems = row_problems(rows, a.inp)
-    model, tok = load_with_tokenizer(a.model, "--model")
+    model, tok = load_with_tokenizer(a.model, "--model", DTYPES[precision_for(a.dtype, device)], device)
     with StepProgress("measure", len(problems), ["pass_rate"]) as bar:
         stats = measure(InProcessEngine(model, tok.pad_token_id), tok, problems, row_verifiers(), a.k,
                         temperature=a.temperature, max_new_tokens=a.max_new_tokens,
-                        generator=torch.Generator().manual_seed(a.seed), prompts_per_batch=a.prompts_per_batch,
+                        generator=generator(device, a.seed), prompts_per_batch=a.prompts_per_batch,
                         progress=bar.update)
     write_rows([with_measurements(r, s) for r, s in zip(rows, stats)], a.out, source=a.inp)
     n = len(stats)
@@ -106,6 +108,7 @@ def add_parser(subparsers) -> None:
     m.add_argument("--max-new-tokens", type=int, default=96)
     m.add_argument("--prompts-per-batch", type=int, default=64)
     m.add_argument("--seed", type=int, default=0)
+    add_device_arguments(m)
     m.set_defaults(fn=cmd_measure)
 
     f = verbs.add_parser("filter", help="keep rows by measured pass rate, verification, response length")

@@ -12,6 +12,7 @@ import torch
 
 ENGINES = ("inprocess", "vllm")  # the kinds make_engine builds
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+VLLM_GPU_SHARE = 0.3  # of the GPU's memory vLLM takes beside a colocated trainer (vLLM's own default: 0.9, all)
 
 
 def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", seed: int = 0,
@@ -24,7 +25,8 @@ def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", se
     nothing); bf16 and fp8 need the copy, in the rollout precision. The caller closes it (`close_engine`)."""
     if kind == "vllm":
         from slide.engine.vllm_engine import VLLMEngine
-        return VLLMEngine.from_model(model, dtype=compute_dtype(precision), seed=seed)
+        on_gpu = {"gpu_memory_utilization": VLLM_GPU_SHARE} if next(model.parameters()).is_cuda else {}
+        return VLLMEngine.from_model(model, dtype=compute_dtype(precision), seed=seed, **on_gpu)
     from slide.engine.inprocess import InProcessEngine
     from slide.model.load import cast_for_compute
     if share and compute_dtype(precision) == "fp32":

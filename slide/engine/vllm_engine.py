@@ -182,7 +182,8 @@ class VLLMEngine:
         version = self.version
         requests, sampling = [], []
         for prompt in prompts:
-            seed = None if generator is None else int(torch.randint(0, 2**31 - n, (1,), generator=generator))
+            seed = None if generator is None else int(torch.randint(0, 2**31 - n, (1,), generator=generator,
+                                                                    device=generator.device))  # CPU or GPU stream
             requests.append(TokensPrompt(prompt_token_ids=list(prompt)))
             sampling.append(VSamplingParams(
                 n=n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,

@@ -1,4 +1,7 @@
-"""Load or build the policy model; bad checkpoints become one-line user errors."""
+"""Load or build the policy model, in a dtype on a device; bad checkpoints become one-line user errors.
+
+The trainer's copy is always fp32 (master weights; `train.precision` only sets the autocast); a model that
+only generates (eval, `data measure`, a reference policy) may load straight in bf16, half the memory."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,35 +12,40 @@ from transformers import AutoModelForCausalLM
 from slide.errors import UserError, first_line
 from slide.model.tiny import build_model, tiny_config
 
+CPU = torch.device("cpu")
 
-def load_model(path: str, what: str = "model"):
-    """An HF causal LM from a local folder, in float32 for CPU training."""
+
+def load_model(path: str, what: str = "model", dtype: torch.dtype = torch.float32, device=CPU):
+    """An HF causal LM from a local folder, in `dtype` (the architecture's fp32-only modules kept in fp32), on
+    `device` (loaded on the CPU, then moved)."""
     p = Path(path)
     if not p.is_dir():
         raise UserError(f"{what} {path!r}: no such checkpoint folder")
     if not (p / "config.json").is_file():
         raise UserError(f"{what} {path!r}: not a Hugging Face checkpoint (no config.json)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)
     except Exception as e:
         raise UserError(f"{what} {path!r}: cannot load checkpoint ({first_line(e)})") from None
-    return model.eval()
+    return model.to(device).eval()
 
 
-def load_policy(init: str | None, size: str, tokenizer, seed: int):
-    """The checkpoint at `init` (its tokenizer checked against its embeddings), or a fresh tiny glm4_moe at `size`."""
+def load_policy(init: str | None, size: str, tokenizer, seed: int, dtype: torch.dtype = torch.float32,
+                device=CPU):
+    """The checkpoint at `init` (its tokenizer checked against its embeddings), or a fresh tiny glm4_moe at `size`
+    (built on the CPU, so a seed gives the same weights on every device), in `dtype` on `device`."""
     if init:
-        model = load_model(init, "model.init")
+        model = load_model(init, "model.init", dtype, device)
         check_vocab(tokenizer, model.get_input_embeddings().num_embeddings, f"model.init {init!r}")
         return model
-    return build_model(tiny_config(size, tokenizer), seed).eval()
+    return cast_for_compute(build_model(tiny_config(size, tokenizer), seed), dtype).to(device).eval()
 
 
-def load_with_tokenizer(path: str, what: str):
+def load_with_tokenizer(path: str, what: str, dtype: torch.dtype = torch.float32, device=CPU):
     """(model, tokenizer) of a checkpoint folder: its own tokenizer, checked against its embeddings; the bundled
     one only for a folder without tokenizer files (a SLIDE model saved without it)."""
     from slide.model.tokenizer import has_tokenizer, load_tokenizer
-    model = load_model(path, what)
+    model = load_model(path, what, dtype, device)
     tok = load_tokenizer(path, what) if has_tokenizer(path) else load_tokenizer()
     check_vocab(tok, model.get_input_embeddings().num_embeddings, f"{what} {path!r}")
     return model, tok

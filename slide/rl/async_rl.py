@@ -25,9 +25,10 @@ import torch
 
 from slide.algo.grpo import group_advantages
 from slide.config import RLConfig
+from slide.device import memory_metrics
 from slide.engine import make_engine
 from slide.rl.metrics import Timer, step_metrics
-from slide.rl.parts import build
+from slide.rl.parts import build, device_state
 from slide.rl.worker import WorkerPool
 from slide.rundir import RunDir, rng_state
 from slide.watchdog import Watchdog, beat, boundary_checkpoint
@@ -70,11 +71,16 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     """Train for cfg.steps steps in `run_dir` (continuing from `ckpt` if given). Returns the last eval."""
     p = build(cfg, ckpt)
     tok, policy, trainer, source, d = p.tok, p.policy, p.trainer, p.source, cfg.disagg
-    weight_sync = WeightSync(cfg.rollout.precision, cfg.rollout.sync_bucket_mb)
-    eval_engine = make_engine("inprocess", policy, tok.pad_token_id, cfg.rollout.precision)  # weights as the workers'
+    weight_sync = WeightSync(p.rollout_precision, cfg.rollout.sync_bucket_mb)
+    eval_engine = make_engine("inprocess", policy, tok.pad_token_id, p.rollout_precision)  # weights as the workers'
     weight_sync.push(policy, eval_engine, version=p.start)
+
+    def host_buckets(version: int) -> list:
+        """One version's buckets in host memory, for the Ray object store (a worker puts them on its device)."""
+        return [b.to("cpu") for b in weight_sync.buckets(policy, version)]
+
     start_ray(cfg)
-    pool = WorkerPool(cfg, list(weight_sync.buckets(policy, p.start)))
+    pool = WorkerPool(cfg, host_buckets(p.start), p.device.type)
     startup_s = pool.wait_ready()  # logged with the first step, outside its clock
     pool.requeue = [Problem(**x) for x in p.state.get("outstanding", [])]  # handed out before the kill
     next_group = p.state.get("next_group", 0)
@@ -119,7 +125,8 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
         """A checkpoint's state besides the weights; problems handed out or waiting are re-queued on resume."""
         outstanding = pool.outstanding() + [g[0].problem for g in ready]
         return {"source": copy.deepcopy(source.state_dict()), "generator": p.generator.get_state(),
-                "outstanding": [dataclasses.asdict(x) for x in outstanding], "next_group": next_group}
+                "outstanding": [dataclasses.asdict(x) for x in outstanding], "next_group": next_group,
+                **device_state(p.device)}
 
     def boundary(step: int):
         """For the watchdog: writes step - 1's checkpoint (state as of now) unless an update has happened since."""
@@ -168,7 +175,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             # 4. push weights every sync_interval steps; workers apply them between calls
             if step % d.sync_interval == 0:
                 with timer("sync"):
-                    stats["sync_bytes"] = pool.push(list(weight_sync.buckets(policy, step)))
+                    stats["sync_bytes"] = pool.push(host_buckets(step))
             # 5. log
             staleness = [version - group_version(g) for g in batch] or [0]
             metrics = step_metrics(seen or [s for g in batch for s in g])
@@ -189,6 +196,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
                 metrics["eval_pass@1"] = last_eval["summary"]["pass@1"]
             metrics["time/step_s"] = time.perf_counter() - t_step
             metrics.update(timer)
+            metrics.update(memory_metrics(p.device))  # GPU only: the trainer's (the driver's) peak and reserved
             if step == p.start + 1:
                 metrics["time/worker_start_s"] = startup_s
             run_dir.log_metrics(step, metrics)

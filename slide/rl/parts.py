@@ -3,6 +3,7 @@ held-out set, verifiers and sampling parameters; restored from a checkpoint when
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -10,6 +11,7 @@ from typing import Callable
 import torch
 
 from slide.config import RLConfig
+from slide.device import generator, precision_for, resolve_device
 from slide.engine import DTYPES
 from slide.engine.inprocess import SamplingParams
 from slide.eval.passk import evaluate, verifiers
@@ -40,6 +42,8 @@ class Parts:
     start: int  # the last finished step (0 for a fresh run)
     state: dict  # the checkpoint's saved state ({} for a fresh run)
     temperature: DynamicTemperature  # the rollout temperature, re-picked on reward plateaus when dynamic
+    device: torch.device  # where the trainer, the in-process engine and the generator are (cfg.device resolved)
+    rollout_precision: str  # cfg.rollout.precision with "auto" resolved for the device
 
     def reward_runner(self, spec) -> RewardRunner:
         return reward_runner(self.verify, spec)
@@ -64,7 +68,8 @@ class Parts:
         what the periodic save would have written then) if no update has changed the weights since, else
         returns None. What the step changes besides the weights (data position, RNG) is snapshot now."""
         snap = copy.deepcopy({"source": self.source.state_dict(), "generator": self.generator.get_state(),
-                              "temperature": self.temperature.state_dict(), "rng": rng_state()})
+                              "temperature": self.temperature.state_dict(), "rng": rng_state(),
+                              **device_state(self.device)})
         updates = self.trainer.updates
 
         def save() -> Path | None:
@@ -76,7 +81,8 @@ class Parts:
     def checkpoint_state(self) -> dict:
         """What a checkpoint needs beyond the weights to continue exactly."""
         return {"trainer": self.trainer.state_dict(), "source": self.source.state_dict(),
-                "generator": self.generator.get_state(), "temperature": self.temperature.state_dict()}
+                "generator": self.generator.get_state(), "temperature": self.temperature.state_dict(),
+                **device_state(self.device)}
 
 
 def sampling_params(cfg: RLConfig, tok) -> SamplingParams:
@@ -89,28 +95,43 @@ def reward_runner(verify: dict, spec) -> RewardRunner:
     return RewardRunner(by_family(verify), spec.reward_timeout_s, spec.reward_workers)
 
 
+def device_state(device: torch.device) -> dict:
+    """What a checkpoint records of the device (its generator's state only fits a generator on that kind)."""
+    return {} if device.type == "cpu" else {"device": device.type}  # a CPU run's checkpoints stay as they were
+
+
 def build(cfg: RLConfig, ckpt=None) -> Parts:
-    torch.manual_seed(cfg.seed)
-    tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)  # the checkpoint's own, or the bundled one for the built-in model
-    policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed)
-    ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed) if cfg.algo.kl_coef > 0 else None  # initial policy
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # every device's global stream
+    tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)  # the checkpoint's own, or the built-in model's
+    policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed,
+                         device=device)  # fp32 master weights; train.precision sets the autocast
+    ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=device) if cfg.algo.kl_coef > 0 \
+        else None  # the initial policy, run as the policy is (fp32 weights, the same autocast): KL 0 at the start
     trainer = PolicyTrainer(policy, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,
-                            cfg.model.router_bias_rate, ref_model=ref, autocast=DTYPES[cfg.train.precision])
+                            cfg.model.router_bias_rate, ref_model=ref,
+                            autocast=DTYPES[precision_for(cfg.train.precision, device)])
     user_reward = load_reward(cfg.data.reward)
     train_specs = parse_task_specs(cfg.data.train, user_reward)  # datasets are read once
     eval_specs = parse_task_specs(cfg.data.eval, user_reward) if cfg.data.eval else train_specs
     held_out = eval_problems(eval_specs, cfg.data.eval_prompts, cfg.seed)
     source = make_source(cfg.curriculum, PromptSource(train_specs, cfg.seed, held_out))
     sampling = sampling_params(cfg, tok)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = generator(device, cfg.seed)  # where the engine samples (vLLM draws its seeds from it on any device)
     temperature = DynamicTemperature(cfg.temperature, cfg.rollout.temperature)
     parts = Parts(tok, policy, trainer, held_out, source, verifiers(train_specs + eval_specs), sampling, gen, 0, {},
-                  temperature)
+                  temperature, device, precision_for(cfg.rollout.precision, device))
     if ckpt is not None:
         state = load_state(ckpt)
         trainer.load_state_dict(state["trainer"])
         source.load_state_dict(state["source"])
-        gen.set_state(state["generator"])
+        if state.get("device", "cpu") == device.type:
+            gen.set_state(state["generator"])
+        else:  # a generator's state fits only its device kind: continue, sampling from a fresh stream
+            gen.manual_seed(cfg.seed * 1_000_003 + state["step"])
+            print(f"resume: {ckpt} was written on {state.get('device', 'cpu')}, this run is on {device.type}: "
+                  "sampling continues from a fresh seed (not bit-exact with an uninterrupted run)",
+                  file=sys.stderr, flush=True)
         if "temperature" in state:
             temperature.load_state_dict(state["temperature"])
         set_rng_state(state["rng"])

@@ -3,7 +3,7 @@
     slide rl slide/configs/demo_rl.yaml model.init=runs/sft/final steps=100
     slide rl --resume runs/rl            # continue a killed run; same metrics as never stopped
 
-The trainer and the in-process engine share the process (and the CPU) and take turns.
+The trainer and the in-process engine share the process (and the CPU, or the GPU of `device`) and take turns.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 
 from slide.algo.grpo import group_advantages
 from slide.config import RLConfig
+from slide.device import memory_metrics
 from slide.engine import close_engine, make_engine
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.curriculum import successes
@@ -27,7 +28,7 @@ from slide.weights.buckets import WeightSync
 def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     """Train for cfg.steps steps in `run_dir` (continuing from `ckpt` if given). Returns the last eval."""
     p = build(cfg, ckpt)
-    engine = make_engine(cfg.rollout.engine, p.policy, p.tok.pad_token_id, cfg.rollout.precision, cfg.seed,
+    engine = make_engine(cfg.rollout.engine, p.policy, p.tok.pad_token_id, p.rollout_precision, cfg.seed,
                          share=True)  # colocated: at fp32 the engine reads the policy's weights, no copy
     try:
         with Watchdog(run_dir.path, cfg.watchdog_s) as dog:  # a stalled step ends the run with its stacks
@@ -39,7 +40,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
 def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -> dict:
     """The RL loop: one iteration per step, with `engine` holding the rollout copy of the weights."""
     tok, policy, trainer, source, gen = p.tok, p.policy, p.trainer, p.source, p.generator
-    weight_sync = WeightSync(cfg.rollout.precision, cfg.rollout.sync_bucket_mb)
+    weight_sync = WeightSync(p.rollout_precision, cfg.rollout.sync_bucket_mb)
     weight_sync.push(policy, engine, version=p.start)  # the engine holds rollout-precision weights from the start
     reward = p.reward_runner(cfg.rollout)
     rollout = Rollout(engine, tok, p.sampling, cfg.rollout.n, reward, cfg.rollout.thinking, cfg.agent, cfg.seed,
@@ -92,6 +93,7 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -
                                                     lambda t: p.score_temperature(engine, cfg, t)))
         metrics["time/step_s"] = time.perf_counter() - t_step
         metrics.update(timer)
+        metrics.update(memory_metrics(p.device))  # GPU only: peak and reserved memory of the step
         run_dir.log_metrics(step, metrics)
         if progress:
             progress(step, metrics)

@@ -194,7 +194,7 @@ class PolicyTrainer:
             weights = tis_weights(old, behaviour, self.algo.tis_cap)
             per_token = per_token * weights
             if self.algo.kl_coef > 0:
-                with torch.no_grad():
+                with torch.no_grad(), self._compute():  # the reference computes as the policy does
                     ref = response_logprobs(self.ref_model, ids, attn, targets, start, self.temperature)
                 kl = kl_k3(logp, ref)
                 per_token = per_token + self.algo.kl_coef * kl

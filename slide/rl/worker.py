@@ -21,6 +21,7 @@ import ray
 import torch
 
 from slide.config import RLConfig
+from slide.device import generator, precision_for, resolve_device
 from slide.engine import DTYPES, compute_dtype, set_threads
 from slide.engine.batching import BatchingEngine
 from slide.engine.inprocess import InProcessEngine
@@ -40,12 +41,14 @@ class Aborted(Exception):
 
 
 class RolloutWorker:
-    def __init__(self, index: int, cfg: dict, buckets: list[Bucket]):
+    def __init__(self, index: int, cfg: dict, buckets: list[Bucket], device: str = "cpu"):
         cfg = RLConfig.model_validate(cfg)
         set_threads(cfg.disagg.worker_threads)  # no call when torch already uses that many (slide.engine)
+        self.device = resolve_device(device)  # the driver's device kind: "cuda" is the GPU Ray gave this actor
+        precision = precision_for(cfg.rollout.precision, self.device)  # as the driver resolved it
         tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)
         model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)  # the architecture; weights follow
-        model = cast_for_compute(model, DTYPES[compute_dtype(cfg.rollout.precision)])  # as make_engine's engines
+        model = cast_for_compute(model, DTYPES[compute_dtype(precision)]).to(self.device)  # as make_engine's
         self.engine = BatchingEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id))  # loads never overlap
         self.load_weights(buckets)                                                          # a generate call
         self.partial = cfg.disagg.partial_rollout
@@ -53,14 +56,15 @@ class RolloutWorker:
                                     cfg.rollout)
         self.rollout_ = Rollout(self.engine, tok, sampling_params(cfg, tok), cfg.rollout.n, self.reward,
                                 cfg.rollout.thinking, cfg.agent, seed=cfg.seed * 1009 + index, concurrent_episodes=True)
-        self.generator = torch.Generator().manual_seed(cfg.seed * 1009 + index)
+        self.generator = generator(self.device, cfg.seed * 1009 + index)
 
     def pid(self) -> int:
         return os.getpid()
 
     def load_weights(self, buckets: list[Bucket]) -> int:
-        """Apply one version's buckets (rollout.precision: fp8 payloads are dequantized here); returns bytes."""
-        return apply_buckets(self.engine, buckets)[0]
+        """Apply one version's buckets (rollout.precision: fp8 payloads are dequantized here, on this worker's
+        device); returns bytes."""
+        return apply_buckets(self.engine, [b.to(self.device) for b in buckets])[0]
 
     def rollout(self, problems: list[Problem], first_group: int):
         """(groups, counts: reward failures and engine batches/rows since the last call returned), or None when
@@ -86,16 +90,26 @@ class PartialRolloutWorker(RolloutWorker):
         return super().load_weights(buckets)
 
 
-def start_worker(index: int, cfg: RLConfig, buckets_ref):
+def gpu_share(device: str, workers: int) -> float:
+    """The GPUs a worker asks Ray for: none on the CPU; on CUDA an equal share of this machine's GPUs, at most
+    one (on one GPU, every worker and the trainer share it). Ray then shows the actor its GPU as cuda:0."""
+    if device != "cuda":
+        return 0.0
+    return min(1.0, torch.cuda.device_count() / workers)
+
+
+def start_worker(index: int, cfg: RLConfig, buckets_ref, device: str = "cpu"):
     """A named actor `slide-rollout-<index>`: calls run one at a time, a push waits for the calls sent before
-    it; with partial_rollout a push runs at once (between two engine calls) and aborts the call in flight."""
+    it; with partial_rollout a push runs at once (between two engine calls) and aborts the call in flight.
+    device: the driver's device kind ("cpu" or "cuda"); the worker resolves it on its own GPU share."""
     cls, extra = RolloutWorker, {}
     if cfg.disagg.partial_rollout:
         cls, extra = PartialRolloutWorker, {"concurrency_groups": {"push": 1}}
     remote = ray.remote(**extra)(cls) if extra else ray.remote(cls)  # concurrency groups: not an .options() key
+    gpus = gpu_share(device, cfg.disagg.workers)
     actor = remote.options(name=f"slide-rollout-{index}", max_restarts=0, num_cpus=cfg.disagg.worker_threads,
-                           max_concurrency=cfg.disagg.calls_per_worker)
-    return actor.remote(index, cfg.model_dump(mode="json"), buckets_ref)
+                           max_concurrency=cfg.disagg.calls_per_worker, **({"num_gpus": gpus} if gpus else {}))
+    return actor.remote(index, cfg.model_dump(mode="json"), buckets_ref, device)
 
 
 class WorkerPool:
@@ -103,10 +117,10 @@ class WorkerPool:
     problems re-queued, weights pushed through the Ray object store (one put, every worker reads it) as the
     buckets of WeightSync at rollout.precision."""
 
-    def __init__(self, cfg: RLConfig, buckets: list[Bucket]):
-        self.cfg = cfg
+    def __init__(self, cfg: RLConfig, buckets: list[Bucket], device: str = "cpu"):
+        self.cfg, self.device = cfg, device
         self.buckets_ref, self.version = ray.put(buckets), buckets[0].version
-        self.workers = [start_worker(i, cfg, self.buckets_ref) for i in range(cfg.disagg.workers)]
+        self.workers = [start_worker(i, cfg, self.buckets_ref, device) for i in range(cfg.disagg.workers)]
         self.in_flight: dict = {}  # ObjectRef -> (worker index, problems, the actor it was sent to)
         self.requeue: list[Problem] = []  # problems to hand out again before fresh ones
         self.counts = {"workers_replaced": 0, "calls_aborted": 0}
@@ -147,7 +161,7 @@ class WorkerPool:
             out = ray.get(done[0])
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
             if self.workers[worker] is actor:  # its other queued call fails too: replace it once
-                self.workers[worker] = start_worker(worker, self.cfg, self.buckets_ref)
+                self.workers[worker] = start_worker(worker, self.cfg, self.buckets_ref, self.device)
                 self.counts["workers_replaced"] += 1
             self.requeue += problems
             return None

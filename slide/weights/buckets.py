@@ -83,6 +83,13 @@ class Bucket:
     def nbytes(self) -> int:
         return sum(payload_nbytes(p) for _, p in self.items)
 
+    def to(self, device) -> "Bucket":
+        """The same bucket with its tensors on `device` (host memory for the Ray object store); tensors already
+        there are not copied."""
+        def move(p: Payload) -> Payload:
+            return Fp8Weight(p.q.to(device), p.scale_inv.to(device)) if isinstance(p, Fp8Weight) else p.to(device)
+        return Bucket(self.version, self.index, self.total, [(name, move(p)) for name, p in self.items])
+
 
 def payload_nbytes(payload: Payload) -> int:
     if isinstance(payload, Fp8Weight):

@@ -3,7 +3,8 @@
     # trainer, rank src                                   # each rollout engine process
     stats = broadcast_push(sync, policy, version, src=0)   stats = broadcast_receive(engine, src=0)
 
-Works with any backend that broadcasts uint8 tensors (gloo on CPU, NCCL on GPU with device buffers).
+Works with any backend that broadcasts uint8 tensors: gloo with host buffers, NCCL with buffers on this rank's
+current CUDA device (`torch.cuda.set_device` before init_process_group), picked from the group's backend.
 The receivers drain every bucket of the push even after an error, then all ranks agree on the outcome
 with one all_reduce, so a rejected push raises on every rank instead of hanging the sender.
 (Ray needs none of this: a Bucket is picklable, so `ray.put(bucket)` / `receiver.receive(ray.get(ref))`.)
@@ -21,8 +22,16 @@ from slide.weights.fp8 import Fp8Weight
 _ALIGN = 16  # byte offset of every tensor in the flat buffer, so that views of any dtype are aligned
 
 
-def pack(bucket: Bucket) -> tuple[dict, torch.Tensor]:
-    """Bucket -> (header: plain dict, flat uint8 buffer holding every tensor's bytes)."""
+def buffer_device(group=None) -> torch.device:
+    """Where this group's broadcast buffers live: the current GPU for NCCL (it moves device memory only), else
+    host memory."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def pack(bucket: Bucket, device: torch.device = torch.device("cpu")) -> tuple[dict, torch.Tensor]:
+    """Bucket -> (header: plain dict, flat uint8 buffer on `device` holding every tensor's bytes)."""
     tensors, entries, offset = [], [], 0
     for name, payload in bucket.items:
         parts = list(payload) if isinstance(payload, Fp8Weight) else [payload]
@@ -33,8 +42,8 @@ def pack(bucket: Bucket) -> tuple[dict, torch.Tensor]:
             tensors.append((offset, t.reshape(-1).view(torch.uint8)))
             offset += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
         entries.append((name, fields))
-    flat = torch.zeros(offset, dtype=torch.uint8)
-    for start, raw in tensors:
+    flat = torch.zeros(offset, dtype=torch.uint8, device=device)
+    for start, raw in tensors:  # copied across devices where the model is elsewhere
         flat[start:start + raw.numel()] = raw
     header = {"version": bucket.version, "index": bucket.index, "total": bucket.total, "items": entries,
               "nbytes": offset}
@@ -56,7 +65,7 @@ def unpack(header: dict, flat: torch.Tensor) -> Bucket:
 
 def _agree(failed: bool, group) -> bool:
     """True if any rank failed (every rank calls this once per push)."""
-    flag = torch.tensor([int(failed)], dtype=torch.int32)
+    flag = torch.tensor([int(failed)], dtype=torch.int32, device=buffer_device(group))
     dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
     return bool(flag.item())
 
@@ -66,8 +75,9 @@ def broadcast_push(sync: WeightSync, model: torch.nn.Module, version: int, src: 
     """Sender side: broadcast `model`'s weights as `version`; raises if any receiver rejected them."""
     t0 = time.perf_counter()
     moved = count = 0
+    device = buffer_device(group)
     for bucket in sync.buckets(model, version):
-        header, flat = pack(bucket)
+        header, flat = pack(bucket, device)
         dist.broadcast_object_list([header], src=src, group=group)
         dist.broadcast(flat, src=src, group=group)
         moved += flat.numel()
@@ -89,7 +99,7 @@ def broadcast_receive(engine: Engine, src: int = 0, group=None) -> dict:
         box = [None]
         dist.broadcast_object_list(box, src=src, group=group)
         header = box[0]
-        flat = torch.empty(header["nbytes"], dtype=torch.uint8)
+        flat = torch.empty(header["nbytes"], dtype=torch.uint8, device=buffer_device(group))
         dist.broadcast(flat, src=src, group=group)
         total = header["total"] if total is None else total
         moved += flat.numel()
