@@ -106,7 +106,15 @@ class AlgoSpec(Section):
     clip_high: float = Field(0.28, ge=0, description="clip-higher: upper ratio bound 1 + clip_high")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the initial policy; GLM uses none")
+    importance: Literal["tis", "mis", "none"] = Field(
+        "tis", description="correction of the engine-vs-trainer mismatch, per token, vs the engine's logprobs: tis = "
+                           "weight min(ratio, tis_cap); mis = masked IS (IcePop, GLM-5's double-sided masking): "
+                           "weight ratio inside [1/mis_bound, mis_bound], token dropped outside; none")
     tis_cap: float = Field(2.0, gt=0, description="truncated importance weight cap vs the engine's logprobs")
+    mis_bound: float = Field(2.0, gt=1, description="mis: tokens whose engine/trainer ratio is outside "
+                                                    "[1/mis_bound, mis_bound] are masked")
+    dual_clip: float | None = Field(None, gt=1, description="dual-clip PPO: cap a negative-advantage token's loss at "
+                                                            "dual_clip * |A| however far its ratio ran (None = off)")
     gap_threshold: float = Field(0.1, gt=0, description="log the share of tokens whose engine-vs-trainer logprob "
                                                         "gap exceeds this many nats (logprob_gap_frac_over)")
     dynamic_sampling: bool = Field(True, description="drop groups whose rewards all agree; over-sample to refill")

@@ -4,6 +4,8 @@
     runs/NAME/metrics.jsonl      one JSON object per step (+ TensorBoard events in tb/)
     runs/NAME/trajectories.jsonl every sampled trajectory (prompt, response, reward, version, status)
     runs/NAME/eval.jsonl         periodic held-out evaluations
+    runs/NAME/groups.jsonl       async mode: what became of each finished group (trained, stale, no_signal)
+    runs/NAME/groups/            async mode: finished groups no checkpoint has consumed yet (slide/rl/group_store.py)
     runs/NAME/checkpoints/step_000010/{model/ (HF folder), state.pt}
 
 Checkpoints are written to a temporary folder and renamed, so a kill -9 mid-save leaves the previous
@@ -108,6 +110,9 @@ class RunDir:
     def log_trajectories(self, rows: list[dict]) -> None:
         self._append("trajectories.jsonl", rows)
 
+    def log_groups(self, rows: list[dict]) -> None:
+        self._append("groups.jsonl", rows)
+
     def log_eval(self, step: int, result: dict) -> None:
         self._append("eval.jsonl", [{"step": step, **result}])
         for k, v in result.get("summary", {}).items():
@@ -115,7 +120,7 @@ class RunDir:
 
     def truncate_after(self, step: int) -> None:
         """Drop rows with step > `step` from every log (they were written after the last checkpoint)."""
-        for name in ("metrics.jsonl", "trajectories.jsonl", "eval.jsonl"):
+        for name in ("metrics.jsonl", "trajectories.jsonl", "eval.jsonl", "groups.jsonl"):
             f = self.path / name
             if not f.exists():
                 continue

@@ -8,6 +8,7 @@ from slide.algo.grpo import (
     AGGREGATIONS,
     group_advantages,
     kl_k3,
+    masked_is_weights,
     masked_mean,
     policy_loss,
     seq_mean_token_mean,
@@ -127,6 +128,45 @@ def test_tis_weights_cap_and_no_grad():
     w = tis_weights(old, beh, cap=1.5)
     torch.testing.assert_close(w, torch.tensor([[1.5, 0.5, 1.0, 1.5]]))
     assert not w.requires_grad and w.grad_fn is None
+
+
+def test_masked_is_weights_drop_both_sides():
+    # ratios 2.5 (out), 1.9 (in), 0.55 (in), 0.4 (out), 1 (in), e^1000 (out, no overflow) with bound 2
+    beh = torch.zeros(1, 6)
+    old = torch.log(torch.tensor([[2.5, 1.9, 0.55, 0.4, 1.0, 1.0]]))
+    old[0, 5] = 1000.0
+    w = masked_is_weights(old, beh, bound=2.0)
+    torch.testing.assert_close(w, torch.tensor([[0.0, 1.9, 0.55, 0.0, 1.0, 0.0]]))
+    assert w.grad_fn is None
+
+
+def test_dual_clip_caps_negative_advantage_tokens():
+    # A = -1, clip 0.2/0.28, dual 3: ratio 5 -> unclipped loss 5 capped at 3; ratio 2 -> 2 (under the cap);
+    # A = +1 with ratio 5: the upper clip binds (loss -1.28), dual-clip does not apply
+    logp = torch.log(torch.tensor([[5.0, 2.0, 5.0]])).requires_grad_()
+    adv = torch.tensor([[-1.0, -1.0, 1.0]])
+    loss, stats = policy_loss(logp, torch.zeros(1, 3), adv, 0.2, 0.28, dual_clip=3.0)
+    torch.testing.assert_close(loss.detach(), torch.tensor([[3.0, 2.0, -1.28]]))
+    assert stats["clipped"].tolist() == [[True, False, True]]
+    loss.sum().backward()
+    assert logp.grad[0, 0] == 0 and logp.grad[0, 1] == pytest.approx(2.0)  # d(-r*A)/dlogp = -r*A = 2
+
+
+@pytest.mark.parametrize("name", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_loss_is_finite_for_extreme_log_ratios(name):
+    """Log-prob differences of +-100 in fp32 at real and padded positions: finite loss and gradient (exp(100)
+    overflows fp32 to inf, and inf * a mask's 0 is NaN)."""
+    old = torch.zeros(2, 4)
+    logp = torch.tensor([[100.0, -100.0, 0.1, 100.0], [-100.0, 0.0, 100.0, -100.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])  # padded positions hold +-100 too
+    adv = torch.tensor([-1.0, 2.0])
+    for dual in (None, 3.0):
+        loss, _ = policy_loss(logp, old, adv, 0.2, 0.28, dual_clip=dual)
+        loss = loss + 0.1 * kl_k3(logp, old)
+        total = AGGREGATIONS[name](loss, mask, 5.0, 2.0)
+        (grad,) = torch.autograd.grad(total, logp)
+        assert torch.isfinite(total) and torch.isfinite(grad).all(), (dual, total, grad)
+        assert (grad[mask == 0] == 0).all()  # padded positions get no gradient
 
 
 # ---------------------------------------------------------------- aggregation

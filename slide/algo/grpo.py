@@ -1,7 +1,12 @@
-"""GRPO pieces as pure tensor functions: group advantages, clipped surrogate, k3 KL, TIS weights, aggregation.
+"""GRPO pieces as pure tensor functions: group advantages, clipped surrogate, k3 KL, importance weights (TIS,
+masked IS), aggregation.
 
 Shapes: G groups of n samples; B sequences of T tokens. Every function takes its inputs explicitly and
 returns tensors; masking and aggregation over tokens are left to the aggregation functions below.
+
+Finite off-policy: log-ratios are clamped to +-MAX_LOG_RATIO before exp, and masks select (torch.where) instead
+of multiplying, so one extreme ratio, at a real or a padded position, never turns the loss or its gradient into
+inf or NaN (0 * inf is NaN).
 """
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+
+
+MAX_LOG_RATIO = 20.0  # exp(20) ~ 5e8: far past any clip or cap, far from float32's overflow
 
 
 def group_advantages(rewards: Tensor, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
@@ -42,15 +50,19 @@ def policy_loss(
     advantages: Tensor,
     clip_low: float,
     clip_high: float,
+    dual_clip: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token PPO clipped surrogate, -min(r*A, clip(r, 1-clip_low, 1+clip_high)*A).
 
     logp: [B, T] current policy (with grad); old_logp: [B, T] before the update; advantages: [B] or [B, T].
+    dual_clip (c > 1, e.g. 3): for A < 0 the loss is also capped at -c*A, so a token whose ratio ran far up
+    cannot dominate the update (Ye et al. 2020's dual-clip PPO).
     Returns the loss [B, T] and detached per-token stats: "ratio" [B, T] and "clipped" [B, T] bool,
-    True where the clipped branch is the one selected (so the token gets no gradient).
+    True where a clipped branch is the one selected (so the token gets no gradient).
     """
     adv = _per_token(advantages, logp)  # [B, T]
-    ratio = torch.exp(logp - old_logp.detach())  # [B, T]
+    log_ratio = (logp - old_logp.detach()).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)  # [B, T]
+    ratio = torch.exp(log_ratio)  # [B, T]
     clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B, T]
     unclipped_loss = -ratio * adv  # [B, T]
     clipped_loss = -clipped_ratio * adv  # [B, T]
@@ -58,13 +70,17 @@ def policy_loss(
     loss = torch.maximum(unclipped_loss, clipped_loss)  # [B, T]
     # Clipping binds only on the side that would push the ratio further out: up for A>0, down for A<0.
     clipped = ((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low))  # [B, T]
+    if dual_clip is not None:
+        capped = (adv < 0) & (loss > -dual_clip * adv)  # [B, T]
+        loss = torch.where(capped, -dual_clip * adv, loss)
+        clipped = clipped | capped
     stats = {"ratio": ratio.detach(), "clipped": clipped.detach()}
     return loss, stats
 
 
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k3 estimator of KL(pi || ref) per token: exp(ref-logp) - (ref-logp) - 1, always >= 0."""
-    log_ratio = ref_logp - logp  # [B, T]
+    log_ratio = (ref_logp - logp).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)  # [B, T]
     return torch.exp(log_ratio) - log_ratio - 1.0  # [B, T]
 
 
@@ -80,10 +96,24 @@ def tis_weights(old_logp: Tensor, behaviour_logp: Tensor, cap: float) -> Tensor:
         return torch.exp(log_w)  # [B, T]
 
 
+def masked_is_weights(old_logp: Tensor, behaviour_logp: Tensor, bound: float) -> Tensor:
+    """Masked importance sampling (IcePop, GLM-5's double-sided masking), without grad: the weight
+    exp(old_logp - behaviour_logp) where it lies in [1/bound, bound], 0 outside (those tokens are not trained).
+    Unlike TIS, which caps a large weight and keeps the token, a token the engine and the trainer disagree on
+    in either direction drops out of the update."""
+    with torch.no_grad():
+        log_w = (old_logp - behaviour_logp).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)  # [B, T]
+        return torch.where(log_w.abs() <= math.log(bound), torch.exp(log_w), torch.zeros_like(log_w))  # [B, T]
+
+
+def _select(x: Tensor, mask: Tensor) -> Tensor:
+    """x where mask is set, 0 elsewhere, by selection: an inf or NaN at a masked position stays out."""
+    return torch.where(mask.bool(), x, torch.zeros_like(x))
+
+
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of x over positions where mask is set; 0 for an empty mask (no NaN)."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return _select(x, mask).sum() / mask.to(x.dtype).sum().clamp(min=1.0)
 
 
 # Aggregations. num_tokens / num_seqs are totals over the WHOLE batch, so each function is a sum of
@@ -92,21 +122,18 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 def token_mean(loss: Tensor, mask: Tensor, num_tokens: float, num_seqs: float) -> Tensor:
     """sum(loss*mask) / num_tokens: every token weighs the same (GLM's choice, the default)."""
-    mask = mask.to(loss.dtype)  # [B, T]
-    return (loss * mask).sum() / num_tokens
+    return _select(loss, mask).sum() / num_tokens
 
 
 def seq_mean_token_mean(loss: Tensor, mask: Tensor, num_tokens: float, num_seqs: float) -> Tensor:
     """Mean over sequences of each sequence's token mean: every sequence weighs the same."""
-    mask = mask.to(loss.dtype)  # [B, T]
-    per_seq = (loss * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)  # [B]
+    per_seq = _select(loss, mask).sum(dim=-1) / mask.to(loss.dtype).sum(dim=-1).clamp(min=1.0)  # [B]
     return per_seq.sum() / num_seqs
 
 
 def seq_mean_token_sum(loss: Tensor, mask: Tensor, num_tokens: float, num_seqs: float) -> Tensor:
     """sum(loss*mask) / num_seqs: token sums averaged over sequences (Dr.GRPO-like, no length division)."""
-    mask = mask.to(loss.dtype)  # [B, T]
-    return (loss * mask).sum() / num_seqs
+    return _select(loss, mask).sum() / num_seqs
 
 
 Aggregation = Callable[[Tensor, Tensor, float, float], Tensor]

@@ -11,7 +11,9 @@ update per step, its gradient accumulated group by group, so training overlaps t
 later groups); the workers are fed up to (max_staleness + 1) x prompts_per_step groups ahead of the trainer,
 as AReaL bounds its rollouts; weights go out every `sync_interval` steps through the Ray object store; the
 importance ratio uses the behaviour policy's logprobs recorded by the engine, truncated (TIS), so stale
-samples are corrected as far as the cap allows.
+samples are corrected as far as the cap allows. Finished groups are on disk until a checkpoint covers them
+(slide/rl/group_store.py): a killed run trains them first on resume, or counts them dropped; groups.jsonl says
+what became of every group.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from slide.algo.grpo import group_advantages
 from slide.config import RLConfig
 from slide.device import memory_metrics
 from slide.engine import make_engine
+from slide.rl.group_store import GroupStore
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.parts import build, device_state
 from slide.rl.worker import WorkerPool
@@ -82,12 +85,20 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     start_ray(cfg)
     pool = WorkerPool(cfg, host_buckets(p.start), p.device.type)
     startup_s = pool.wait_ready()  # logged with the first step, outside its clock
-    pool.requeue = [Problem(**x) for x in p.state.get("outstanding", [])]  # handed out before the kill
+    store = GroupStore(run_dir.path / "groups")
+    restored = store.restore(p.state.get("consumed", []))  # finished before the kill, never trained: first in line
+    ready: list = [g for _, g in restored]  # finished groups with a reward signal, not yet trained on
+    run_dir.log_trajectories([s.record(at) for at, g in restored if at > p.start for s in g])  # truncated rows
+    # handed out before the kill and not delivered: generated again
+    pool.requeue = without([Problem(**x) for x in p.state.get("outstanding", [])], [g[0].problem for g in ready])
     next_group = p.state.get("next_group", 0)
     P = cfg.rollout.prompts_per_step
-    ready: list = []  # finished groups with a reward signal, not yet trained on
     step, dropped, reward_stats, seen = p.start, Counter(), Counter(), []  # the step's, for collect()
     last_eval = None
+
+    def consume(groups: list, outcome: str) -> None:
+        store.consumed([g[0].group for g in groups])
+        run_dir.log_groups([{"step": step, "group": g[0].group, "outcome": outcome} for g in groups])
 
     def feed(taken: int) -> None:
         """Give idle workers work while the groups out, ready and already trained this step stay under
@@ -111,22 +122,24 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             return False
         beat()  # progress: a worker delivered
         _, groups, stats = result
+        store.put(step, groups)  # on disk before anything else sees them
         reward_stats.update(stats)
         seen.extend(s for g in groups for s in g)
         run_dir.log_trajectories([s.record(step) for g in groups for s in g])
         for g in groups:
             if cfg.algo.dynamic_sampling and len({s.reward for s in g}) == 1:
                 dropped["no_signal"] += 1
+                consume([g], "no_signal")
             else:
                 ready.append(g)
         return True
 
     def state() -> dict:
-        """A checkpoint's state besides the weights; problems handed out or waiting are re-queued on resume."""
-        outstanding = pool.outstanding() + [g[0].problem for g in ready]
+        """A checkpoint's state besides the weights: problems handed out are re-queued on resume, finished groups
+        come back from the store (less those consumed by now)."""
         return {"source": copy.deepcopy(source.state_dict()), "generator": p.generator.get_state(),
-                "outstanding": [dataclasses.asdict(x) for x in outstanding], "next_group": next_group,
-                **device_state(p.device)}
+                "outstanding": [dataclasses.asdict(x) for x in pool.outstanding()], "next_group": next_group,
+                "consumed": list(store.since), **device_state(p.device)}
 
     def boundary(step: int):
         """For the watchdog: writes step - 1's checkpoint (state as of now) unless an update has happened since."""
@@ -151,12 +164,15 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
                 oldest = version - d.max_staleness
                 for g in ready:
                     dropped["stale_tokens"] += drop_stale_turns(g, oldest)
-                fresh = [g for g in ready if group_version(g) >= oldest]  # dropped: no fresh token left
-                dropped["stale"] += len(ready) - len(fresh)
-                ready = fresh
+                # dropped: no fresh token left (or, resumed, sampled by weights too far past the checkpoint's)
+                keep = [oldest <= group_version(g) <= version + d.max_staleness for g in ready]
+                dropped["stale"] += keep.count(False)
+                consume([g for g, k in zip(ready, keep) if not k], "stale")
+                ready = [g for g, k in zip(ready, keep) if k]
                 if ready:
                     take = min(P - len(batch), max(1, cfg.train.micro_batch // cfg.rollout.n))
                     groups, ready = ready[:take], ready[take:]
+                    consume(groups, "trained")
                     adv = group_advantages(torch.tensor([[s.reward for s in g] for g in groups]),
                                            cfg.algo.scale_adv_by_std)
                     with timer("train"):  # the behaviour policy's samples, TIS against their recorded logprobs
@@ -204,4 +220,14 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
                 progress(step, metrics)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 run_dir.save_checkpoint(step, policy, tok, {"trainer": trainer.state_dict(), **state()})
+                store.checkpointed()
     return last_eval
+
+
+def without(problems: list[Problem], taken: list[Problem]) -> list[Problem]:
+    """`problems` less one equal problem per item of `taken` (a multiset difference, order kept)."""
+    out = list(problems)
+    for t in taken:
+        if t in out:
+            out.remove(t)
+    return out

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
-from slide.algo.grpo import AGGREGATIONS, LOSS_DIVISOR, kl_k3, policy_loss, tis_weights
+from slide.algo.grpo import AGGREGATIONS, LOSS_DIVISOR, kl_k3, masked_is_weights, policy_loss, tis_weights
 from slide.config import AlgoSpec, TrainSpec
 from slide.model.logprobs import token_logprobs
 from slide.model.tiny import ExpertLoad, routers
@@ -168,7 +168,8 @@ class PolicyTrainer:
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
         self._sums = dict(loss=0.0, kl=0.0, clipfrac=0.0, ratio_max=1.0, ratio_dev=0.0, gap_max=0.0, gap_sum=0.0,
-                          gap_over=0.0, tis_mean=0.0, tokens=0.0, seqs=0.0, lr=self.train_cfg.lr * lr_scale)
+                          gap_over=0.0, tis_mean=0.0, is_masked=0.0, tokens=0.0, seqs=0.0,
+                          lr=self.train_cfg.lr * lr_scale)
 
     def accumulate(self, samples: list[Sample], advantages: dict[int, float], old_logprobs=None) -> None:
         """Add the gradients of `samples` (advantages keyed by id(sample)) to the update begun last."""
@@ -189,9 +190,10 @@ class PolicyTrainer:
                 old = torch.zeros_like(logp)
                 for i, s in enumerate(mb):
                     old[i, :len(s.response_ids)] = old_logprobs[id(s)]
-            per_token, stats = policy_loss(logp, old, adv, self.algo.clip_low, self.algo.clip_high)
-            # The engine/trainer mismatch is corrected against the engine's logprobs by TIS.
-            weights = tis_weights(old, behaviour, self.algo.tis_cap)
+            per_token, stats = policy_loss(logp, old, adv, self.algo.clip_low, self.algo.clip_high,
+                                           self.algo.dual_clip)
+            # The engine/trainer mismatch is corrected against the engine's logprobs (TIS or masked IS).
+            weights = self._importance(old, behaviour)
             per_token = per_token * weights
             if self.algo.kl_coef > 0:
                 with torch.no_grad(), self._compute():  # the reference computes as the policy does
@@ -211,7 +213,16 @@ class PolicyTrainer:
                 sums["gap_sum"] += float(gap.sum())
                 sums["gap_over"] += float((gap > self.algo.gap_threshold).sum())
                 sums["tis_mean"] += float(weights[m].sum())
+                sums["is_masked"] += float((weights[m] == 0).sum())
             sums["loss"] += float(loss.detach())
+
+    def _importance(self, old, behaviour):
+        """Per-token weights [b, R] correcting the engine-vs-trainer mismatch (algo.importance)."""
+        if self.algo.importance == "mis":
+            return masked_is_weights(old, behaviour, self.algo.mis_bound)
+        if self.algo.importance == "tis":
+            return tis_weights(old, behaviour, self.algo.tis_cap)
+        return torch.ones_like(old)
 
     def finish_update(self) -> dict[str, float]:
         """Normalise the accumulated gradients, clip, step the optimizer and the router biases; returns metrics."""
@@ -232,6 +243,7 @@ class PolicyTrainer:
                 "ratio_dev_max": sums["ratio_dev"], "logprob_gap_max": sums["gap_max"],
                 "logprob_gap_mean": sums["gap_sum"] / tokens,
                 "logprob_gap_frac_over": sums["gap_over"] / tokens, "tis_weight_mean": sums["tis_mean"] / tokens,
+                "is_masked_frac": sums["is_masked"] / tokens,
                 "kl": sums["kl"] / tokens, "train_tokens": sums["tokens"], **balance}
 
     def state_dict(self) -> dict:
