@@ -14,6 +14,7 @@ from slide.engine import DTYPES
 from slide.engine.inprocess import SamplingParams
 from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
+from slide.model.lora import add_lora
 from slide.model.tokenizer import stop_token_ids, tokenizer_for
 from slide.rl.curriculum import make_source
 from slide.rl.data import PromptSource, eval_problems
@@ -92,7 +93,12 @@ def reward_runner(verify: dict, spec) -> RewardRunner:
 def build(cfg: RLConfig, ckpt=None) -> Parts:
     torch.manual_seed(cfg.seed)
     tok = tokenizer_for(cfg.model.init)  # the checkpoint's own, or the bundled one for the built-in model
-    policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed)
+    lora = cfg.train.lora
+    if lora.rank:  # LoRA: the frozen base from model.init, the adapter (and router biases) from the checkpoint
+        policy = add_lora(load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed), lora, cfg.seed,
+                          ckpt / "adapter" if ckpt else None)
+    else:
+        policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed)
     ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed) if cfg.algo.kl_coef > 0 else None  # initial policy
     trainer = PolicyTrainer(policy, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,
                             cfg.model.router_bias_rate, ref_model=ref, autocast=DTYPES[cfg.train.precision])
