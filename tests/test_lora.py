@@ -60,6 +60,7 @@ def test_merged_weights_are_base_plus_scaled_BA():
     merged = rollout_state_dict(policy)
     assert list(merged) == list(before)  # the base model's names, in its order
     inner = policy.get_base_model()
+    own = inner.state_dict()  # an adapted module's own tensors are under `.base_layer.`
     for name in before:
         module, _, leaf = name.rpartition(".")
         layer = inner.get_submodule(module)
@@ -69,8 +70,7 @@ def test_merged_weights_are_base_plus_scaled_BA():
             assert not torch.equal(merged[name], before[name])
         else:  # untouched: the policy's own tensor, not a copy
             assert torch.equal(merged[name], before[name])
-            assert merged[name].data_ptr() == policy.get_base_model().state_dict()[name.replace(
-                leaf, f"base_layer.{leaf}") if hasattr(layer, "lora_A") else name].data_ptr()
+            assert merged[name].data_ptr() == own.get(name, own.get(f"{module}.base_layer.{leaf}")).data_ptr()
     adapted = {n.rsplit(".", 3)[0].rsplit(".", 1)[-1] for n, p in policy.named_parameters() if p.requires_grad}
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # the default
 
