@@ -47,11 +47,13 @@ def _quiet() -> None:
 def cmd_sft(a) -> None:
     from slide import sft
     from slide.config import SFTConfig, dump_config, load_config
+    from slide.model.lora import check_lora
     from slide.progress import StepProgress
     from slide.rundir import RunDir
     cfg = load_config(SFTConfig, *_config_args(a))
     resolve_device(cfg.device)  # a missing GPU stops here, before anything is written
     check_inputs([cfg.data], cfg.model, sft=True)
+    check_lora(cfg.lora, cfg.model.init, cfg.model.size, where="lora")
     set_threads(cfg.threads)
     run_dir = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg))
     with StepProgress("sft", cfg.steps, ["loss", "eval_pass@1"]) as bar:
@@ -62,6 +64,7 @@ def cmd_sft(a) -> None:
 
 def cmd_rl(a) -> None:
     from slide.config import RLConfig, dump_config, load_config
+    from slide.model.lora import check_lora
     from slide.progress import StepProgress
     from slide.rundir import RunDir
     if a.resume:
@@ -74,6 +77,7 @@ def cmd_rl(a) -> None:
         cfg = load_config(RLConfig, *_config_args(a))
         resolve_device(cfg.device)
         check_inputs([cfg.data.train, cfg.data.eval], cfg.model, cfg.data.reward)
+        check_lora(cfg.train.lora, cfg.model.init, cfg.model.size)
         run_dir, ckpt = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg)), None
     set_threads(cfg.threads)
     with StepProgress("rl", cfg.steps, ["reward_mean", "eval_pass@1"], start=0 if ckpt is None else

@@ -34,6 +34,22 @@ class ModelSpec(Section):
                             "auto = the one its chat template writes")
 
 
+class LoraSpec(Section):
+    """LoRA adapters (peft) instead of full fine-tuning; see slide/model/lora.py."""
+    rank: int = Field(0, ge=0, description="adapter rank r; 0 = off (every weight trains)")
+    alpha: float = Field(16.0, gt=0, description="the update is (alpha / rank) * B @ A")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input while training (peft refuses "
+                                                        "it on fused MoE expert parameters)")
+    target_modules: list[str] | None = Field(
+        None, description="names of the modules to adapt, matched against the end of each module path; None = those "
+                          "of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj the model has. On glm4_moe "
+                          "(fused experts) peft maps gate/up/down_proj onto the routed experts (one adapter each); the "
+                          "shared experts, the dense first layer's MLP and the router stay frozen")
+    save_merged: bool = Field(True, description="write the merged full HF folder model/ (what slide eval, model.init "
+                                                "and the FP8 export load) into every checkpoint; false: checkpoints "
+                                                "hold the adapter (adapter/, peft's format) alone, except the last")
+
+
 class TrainSpec(Section):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate (1e-4 is the robust tiny-GLM RL default)")
     weight_decay: float = Field(0.0, ge=0)
@@ -60,6 +76,8 @@ class TrainSpec(Section):
                                                             "pass instead of keeping them: less memory for "
                                                             "long or many sequences, about one more forward of "
                                                             "compute (TRL's GRPOTrainer default)")
+    lora: LoraSpec = Field(LoraSpec(), description="train.lora.rank > 0: LoRA adapters (usually with a ~10x higher "
+                                                   "train.lr); the engines get the merged weights")
 
 
 class RolloutSpec(Section):
@@ -269,6 +287,8 @@ class SFTConfig(Section):
         "auto", description="compute: bf16 = autocast, fp32 master weights and AdamW state; auto = bf16 on a GPU, "
                             "fp32 on the CPU")
     model: ModelSpec = ModelSpec()
+    lora: LoraSpec = Field(LoraSpec(), description="lora.rank > 0: LoRA adapters (usually with a higher lr); final/ "
+                                                   "holds the merged model, adapter/ the adapter")
 
 
 def _set_path(tree: dict, dotted: str, value, source: str) -> None:

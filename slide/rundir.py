@@ -6,7 +6,7 @@
     runs/NAME/eval.jsonl         periodic held-out evaluations
     runs/NAME/groups.jsonl       async mode: what became of each finished group (trained, stale, no_signal)
     runs/NAME/groups/            async mode: finished groups no checkpoint has consumed yet (slide/rl/group_store.py)
-    runs/NAME/checkpoints/step_000010/{model/ (HF folder), state.pt}
+    runs/NAME/checkpoints/step_000010/{model/ (HF folder), state.pt}   (+ adapter/ with LoRA)
 
 Checkpoints are written to a temporary folder and renamed, so a kill -9 mid-save leaves the previous
 one intact. On resume, rows logged after the checkpoint are dropped so the continued run's files are
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from slide.errors import UserError
+from slide.model.lora import has_lora, save_adapter, save_merged
 
 CKPT_PREFIX = "step_"
 
@@ -136,12 +137,17 @@ class RunDir:
             tmp.replace(f)
 
     # -- checkpoints --------------------------------------------------------------------------
-    def save_checkpoint(self, step: int, model, tokenizer, state: dict, keep: int = 3) -> Path:
+    def save_checkpoint(self, step: int, model, tokenizer, state: dict, keep: int = 3, merged: bool = True) -> Path:
+        """`model/` (an HF folder) and `state.pt`; a LoRA policy writes `adapter/` (what resume reads) and `model/`,
+        its merged weights, only when `merged`."""
         final = self.ckpt_dir / f"{CKPT_PREFIX}{step:06d}"
         tmp = self.ckpt_dir / f".tmp-{CKPT_PREFIX}{step:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
+        if has_lora(model):
+            save_adapter(model, tmp / "adapter", tokenizer)
+        if merged or not has_lora(model):
+            save_merged(model, tmp / "model")
+            tokenizer.save_pretrained(tmp / "model")
         torch.save({"step": step, "rng": rng_state(), **state}, tmp / "state.pt")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

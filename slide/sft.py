@@ -23,6 +23,7 @@ from slide.errors import UserError
 from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
 from slide.model.logprobs import token_logprobs
+from slide.model.lora import add_lora, has_lora, save_adapter, save_merged
 from slide.model.tiny import ExpertLoad
 from slide.model.chat import chat_format
 from slide.model.tokenizer import assistant_text, chat_prompt, glm_chat, tokenizer_for
@@ -141,14 +142,18 @@ def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
     autocast = DTYPES[precision_for(cfg.precision, device)]
     torch.manual_seed(cfg.seed)
     tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)  # the checkpoint's own, or the built-in model's
-    model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=device)  # fp32 master weights
+    model = add_lora(load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=device), cfg.lora, cfg.seed,
+                     where="lora")  # fp32 master weights (with LoRA: frozen, the adapters train)
     load = ExpertLoad(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     specs = parse_task_specs(cfg.data)  # a dataset is read once
     held_out = eval_problems(specs, cfg.eval_prompts, cfg.seed)
     verify = verifiers(specs)
     stream = ExampleStream(cfg, specs, held_out)
-    engine = InProcessEngine(model, pad_token_id=tok.pad_token_id)  # shares the weights: eval needs no sync
+    # shares the weights: eval needs no sync (a LoRA model evaluates through peft's layers: the merged model's
+    # outputs up to float rounding)
+    engine = InProcessEngine(model, pad_token_id=tok.pad_token_id)
     lengths = [len(encode_example(tok, p, cfg.thinking)[0]) for p in stream.next(32)]
     if max(lengths) > cfg.seq_len:  # packing would cut examples, and the cut ones could train on nothing
         raise UserError(f"seq_len={cfg.seq_len}: examples of {cfg.data} are up to {max(lengths)} tokens; "
@@ -184,6 +189,8 @@ def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
             progress(step, metrics)
         if cfg.stop_at_pass_rate is not None and metrics.get("eval_pass@1", 0.0) >= cfg.stop_at_pass_rate:
             break
-    model.save_pretrained(run_dir.path / "final")
+    save_merged(model, run_dir.path / "final")  # LoRA: the merged weights (what slide rl model.init loads) ...
     tok.save_pretrained(run_dir.path / "final")
+    if has_lora(model):
+        save_adapter(model, run_dir.path / "adapter", tok)  # ... and the adapter in peft's format
     return last

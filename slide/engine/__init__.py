@@ -22,17 +22,26 @@ def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", se
     Both hold (and compute in) bf16 for bf16 and fp8 rollout (FP8 pushes are dequantized on receipt; vLLM's
     block-FP8 kernels load only from an FP8 checkpoint), fp32 otherwise. share=True with an in-process engine at
     fp32 (the colocated sync mode): the engine reads the policy's own weights, no copy (a push then moves
-    nothing); bf16 and fp8 need the copy, in the rollout precision. The caller closes it (`close_engine`)."""
+    nothing); bf16 and fp8 need the copy, in the rollout precision. The caller closes it (`close_engine`).
+
+    A LoRA policy (a peft wrapper) is never handed over as it is: every engine gets the base architecture with the
+    merged weights W + (alpha / r) B A (slide/model/lora.py), as vLLM or a worker would, and each push sends them
+    merged. Running the policy's unmerged layers would decode with two extra small products per adapted layer
+    per token, and the logged trainer-vs-engine gap would then measure nothing a real engine does. Shared at fp32,
+    the engine still reads the policy's frozen tensors; only the adapted weights are its own."""
+    from slide.model.lora import has_lora, merged_model
+    lora = has_lora(model)
     if kind == "vllm":
         from slide.engine.vllm_engine import VLLMEngine
         on_gpu = {"gpu_memory_utilization": VLLM_GPU_SHARE} if next(model.parameters()).is_cuda else {}
-        return VLLMEngine.from_model(model, dtype=compute_dtype(precision), seed=seed, **on_gpu)
+        return VLLMEngine.from_model(merged_model(model, share=True) if lora else model,
+                                     dtype=compute_dtype(precision), seed=seed, **on_gpu)
     from slide.engine.inprocess import InProcessEngine
     from slide.model.load import cast_for_compute
     if share and compute_dtype(precision) == "fp32":
-        return InProcessEngine(model, pad_token_id=pad_token_id)
-    return InProcessEngine(cast_for_compute(copy.deepcopy(model), DTYPES[compute_dtype(precision)]),
-                           pad_token_id=pad_token_id)
+        return InProcessEngine(merged_model(model, share=True) if lora else model, pad_token_id=pad_token_id)
+    own = merged_model(model) if lora else copy.deepcopy(model)
+    return InProcessEngine(cast_for_compute(own, DTYPES[compute_dtype(precision)]), pad_token_id=pad_token_id)
 
 
 def set_threads(n: int) -> None:

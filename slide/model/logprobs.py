@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from slide.model.lora import unwrap
+
 CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk: 109 positions of a 150K vocabulary, all of a small one
 
 
@@ -26,7 +28,9 @@ def token_logprobs(model, inputs: dict, rows: torch.Tensor, cols: torch.Tensor, 
 
     inputs: the model's forward arguments (input_ids [b, L], attention_mask, position_ids...); rows, cols,
     targets: [N] (the logits at (rows[i], cols[i]) predict targets[i]). base: the decoder to run (e.g. a
-    compiled model.base_model); default model.base_model."""
+    compiled model.base_model); default model.base_model. A peft wrapper runs as its inner model, whose adapted
+    layers are peft's own (a PeftModel's base_model is the tuner, whose forward includes the head)."""
+    model = unwrap(model)
     head = model.get_output_embeddings()
     if not _plain_head(model, head):
         logits = model(**inputs).logits[rows, cols].float()  # [N, V]

@@ -219,7 +219,8 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             if progress:
                 progress(step, metrics)
             if step % cfg.save_every == 0 or step == cfg.steps:
-                run_dir.save_checkpoint(step, policy, tok, {"trainer": trainer.state_dict(), **state()})
+                run_dir.save_checkpoint(step, policy, tok, {"trainer": trainer.state_dict(), **state()},
+                                        merged=cfg.train.lora.save_merged or step == cfg.steps)
                 store.checkpointed()
     return last_eval
 

@@ -16,6 +16,7 @@ from slide.engine import DTYPES
 from slide.engine.inprocess import SamplingParams
 from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
+from slide.model.lora import add_lora
 from slide.model.tokenizer import stop_token_ids, tokenizer_for
 from slide.rl.curriculum import make_source
 from slide.rl.data import PromptSource, eval_problems
@@ -104,8 +105,13 @@ def build(cfg: RLConfig, ckpt=None) -> Parts:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # every device's global stream
     tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)  # the checkpoint's own, or the built-in model's
-    policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed,
-                         device=device)  # fp32 master weights; train.precision sets the autocast
+    lora = cfg.train.lora
+    if lora.rank:  # LoRA: the frozen base from model.init, the adapter (and router biases) from the checkpoint
+        policy = add_lora(load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=device), lora, cfg.seed,
+                          ckpt / "adapter" if ckpt else None)
+    else:  # fp32 master weights; train.precision sets the autocast
+        policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed,
+                             device=device)
     ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=device) if cfg.algo.kl_coef > 0 \
         else None  # the initial policy, run as the policy is (fp32 weights, the same autocast): KL 0 at the start
     trainer = PolicyTrainer(policy, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,

@@ -29,7 +29,8 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     """Train for cfg.steps steps in `run_dir` (continuing from `ckpt` if given). Returns the last eval."""
     p = build(cfg, ckpt)
     engine = make_engine(cfg.rollout.engine, p.policy, p.tok.pad_token_id, p.rollout_precision, cfg.seed,
-                         share=True)  # colocated: at fp32 the engine reads the policy's weights, no copy
+                         share=True)  # colocated: at fp32 the engine reads the policy's weights, no copy (LoRA:
+    #                                   the frozen ones; the adapted weights are its own, merged at each push)
     try:
         with Watchdog(run_dir.path, cfg.watchdog_s) as dog:  # a stalled step ends the run with its stacks
             return _train(cfg, run_dir, p, engine, dog, progress)
@@ -98,5 +99,6 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -
         if progress:
             progress(step, metrics)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            run_dir.save_checkpoint(step, policy, tok, p.checkpoint_state())
+            run_dir.save_checkpoint(step, policy, tok, p.checkpoint_state(),
+                                    merged=cfg.train.lora.save_merged or step == cfg.steps)
     return last_eval

@@ -14,6 +14,7 @@ import torch
 from slide.algo.grpo import AGGREGATIONS, LOSS_DIVISOR, kl_k3, masked_is_weights, policy_loss, tis_weights
 from slide.config import AlgoSpec, TrainSpec
 from slide.model.logprobs import token_logprobs
+from slide.model.lora import unwrap
 from slide.model.tiny import ExpertLoad, routers
 from slide.rl.sample import Sample
 from slide.watchdog import beat
@@ -67,7 +68,7 @@ class PolicyTrainer:
         self.ref_model = ref_model  # only when kl_coef > 0
         self.autocast = autocast  # bf16: mixed-precision forward/backward, fp32 master weights and optimizer
         # the decoder run for training logprobs: the model's own, or a compiled wrapper sharing its parameters
-        self.base = torch.compile(model.base_model, dynamic=True) if train.compile else None
+        self.base = torch.compile(unwrap(model).base_model, dynamic=True) if train.compile else None
         # Compiled on a CPU, the trainer's forward runs eager attention: inductor fuses its matmul-softmax-matmul,
         # while the CPU flash-attention backward is the slowest piece of a bf16 step (25M benchmark model: 2.8
         # vs 3.65 s per update). Only the trainer's forward switches (see _compute): engines copied from this
@@ -82,7 +83,7 @@ class PolicyTrainer:
         if train.freeze_router:
             for gate in routers(model):
                 gate.weight.requires_grad_(False)
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
         self.opt = torch.optim.AdamW(trainable, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
         self.load = ExpertLoad(model)
         self.updates = 0

@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Protocol
 
 import torch
 
+from slide.model.lora import rollout_state_dict
 from slide.weights.fp8 import Fp8Weight, is_quantizable, quantize_blockwise, scale_shape
 
 PRECISIONS = ("fp32", "bf16", "fp8")
@@ -255,7 +256,10 @@ class WeightSync:
             raise ValueError("WeightSync: " + "; ".join(errors))
 
     def buckets(self, model: torch.nn.Module, version: int) -> Iterator[Bucket]:
-        return make_buckets(model.state_dict().items(), version, self.precision, self.bucket_mb)
+        """`model`'s weights as an engine takes them: a LoRA policy's merged, under the base model's names (every
+        tensor, at every push: the adapted weights changed, the rest travels too, so any engine or worker gets a
+        complete version; a colocated fp32 engine shares those and copies nothing for them)."""
+        return make_buckets(rollout_state_dict(model).items(), version, self.precision, self.bucket_mb)
 
     @torch.no_grad()
     def push(self, model: torch.nn.Module, engine: Engine, version: int) -> dict[str, float]:
