@@ -1,10 +1,10 @@
-"""A user's own checkpoint, built here with nothing downloaded: a byte-level BPE tokenizer trained by the
-`tokenizers` library on the task's text, a chat template in the style of a real family, and a tiny model whose
-embeddings fit the vocabulary. Styles (STYLES): "chatml" (Qwen3: ChatML, `<think>` reasoning, `enable_thinking`,
-Hermes JSON tool calls; qwen2, dense), "llama3" (Llama-3.1: header tokens, `<|eot_id|>`, no reasoning, JSON tool calls;
-llama, dense), "glm"
-(GLM-4.5, the built-in tokenizer's template: `[gMASK]<sop>`, `<|user|>`, `<|assistant|>`, `<|observation|>`, XML
-tool calls, no end token after an assistant turn; glm4_moe, MoE)."""
+"""A user's own checkpoint, built here with nothing downloaded: a subword tokenizer trained by the `tokenizers`
+library on the task's text (byte-level BPE; Unigram for the Llama style), a chat template in the style of a real
+family, and a tiny model whose embeddings fit the vocabulary. Styles (STYLES): "chatml" (Qwen3: ChatML, `<think>`
+reasoning, `enable_thinking`, Hermes JSON tool calls; qwen2, dense), "llama3" (Llama-3.1: header tokens,
+`<|eot_id|>`, no reasoning, JSON tool calls; llama, dense), "glm" (GLM-4.5, the built-in tokenizer's template:
+`[gMASK]<sop>`, `<|user|>`, `<|assistant|>`, `<|observation|>`, XML tool calls, no end token after an assistant
+turn; glm4_moe, MoE)."""
 from __future__ import annotations
 
 import json
@@ -108,18 +108,27 @@ def corpus(n: int = 2000, seed: int = 0) -> list[str]:
 
 
 def build(folder: Path, vocab_size: int = 400, embedding_rows: int | None = None, style: str = "chatml") -> Path:
-    """An HF folder: tokenizer (BPE + the style's template), generation_config eos ids, a 2-layer model (64 wide)."""
+    """An HF folder: tokenizer (subword + the style's template), generation_config eos ids, a 2-layer model (64
+    wide)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     template, eos_token, stops, arch = STYLES[style]
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos_token, pad_token="<|endoftext|>",
+    if style == "llama3":  # a Unigram model (SentencePiece's kind), every printable ASCII character a piece
+        sub = Tokenizer(models.Unigram())
+        sub.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+        sub.decoder = decoders.Metaspace(prepend_scheme="never")
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS + ["<unk>"], unk_token="<unk>",
+                                          initial_alphabet=[chr(c) for c in range(32, 127)] + ["\n"])
+    else:  # byte-level BPE (GPT-2's kind, Qwen's and GLM's)
+        sub = Tokenizer(models.BPE())
+        sub.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        sub.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    sub.train_from_iterator(corpus(), trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=sub, eos_token=eos_token, pad_token="<|endoftext|>",
                                   chat_template=template)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(folder)
