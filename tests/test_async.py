@@ -20,6 +20,8 @@ import ray
 import torch
 
 from slide.config import RLConfig, dump_config, load_config
+from slide.model.chat import chat_format
+from slide.model.tokenizer import load_tokenizer
 from slide.rl import async_rl
 from slide.rl.data import PromptSource, eval_problems
 from slide.rundir import RunDir
@@ -316,6 +318,7 @@ def test_rewards_that_hold_the_gil_never_stall_the_workers(sft_init, ray_session
                           "data.reward=tests.adversarial:score", "rollout.reward_timeout_s=1")
     rows, traj = read(path / "metrics.jsonl"), read(path / "trajectories.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["groups_trained"] == 2 for r in rows)
-    hangs = sum(pick(t["response"]) is None for t in traj)
+    cut = chat_format(load_tokenizer()).cut  # rewards score the response without its stop token
+    hangs = sum(pick(cut(t["response"])) is None for t in traj)
     assert hangs > 0 and sum(r["reward_timeouts"] for r in rows) == hangs
     assert sum(v for r in rows for k, v in r.items() if k.startswith("reward_rejected/")) > 0

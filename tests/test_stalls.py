@@ -12,6 +12,8 @@ from adversarial import CORPUS
 
 from slide.config import RLConfig, dump_config, load_config
 from slide.engine.inprocess import Completion
+from slide.model.chat import chat_format
+from slide.model.tokenizer import load_tokenizer
 from slide.rl import sync
 from slide.rundir import RunDir
 
@@ -56,7 +58,6 @@ class CorpusEngine:
 def test_sync_run_on_the_corpus_finishes_and_counts_rejections(tmp_path, monkeypatch):
     make = sync.make_engine
     monkeypatch.setattr(sync, "make_engine", lambda *a, **k: CorpusEngine(make(*a, **k), tok))
-    from slide.model.tokenizer import load_tokenizer
     tok = load_tokenizer()
     data = rows(tmp_path / "rows.jsonl", ["3889", "\\frac{1}{2}", "12"])
     cfg = load_config(RLConfig, None, [f"out_dir={tmp_path}", "steps=2", f"data.train={data}", *SMALL])
@@ -79,7 +80,8 @@ def test_sync_run_with_a_reward_that_holds_the_gil_counts_timeouts(sft_model, tm
     metrics = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     trajectories = [json.loads(line) for line in (run.path / "trajectories.jsonl").read_text().splitlines()]
     from adversarial import pick
-    hangs = sum(pick(t["response"]) is None for t in trajectories)
+    cut = chat_format(load_tokenizer()).cut  # rewards score the response without its stop token
+    hangs = sum(pick(cut(t["response"])) is None for t in trajectories)
     assert hangs > 0 and sum(m["reward_timeouts"] for m in metrics) == hangs
 
 
