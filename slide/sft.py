@@ -26,7 +26,7 @@ from slide.model.logprobs import token_logprobs
 from slide.model.lora import add_lora, has_lora, save_adapter, save_merged
 from slide.model.tiny import ExpertLoad
 from slide.model.chat import chat_format
-from slide.model.tokenizer import assistant_text, chat_prompt, glm_chat, tokenizer_for
+from slide.model.tokenizer import tokenizer_for
 from slide.rl.data import PromptSource, eval_problems
 from slide.rundir import RunDir
 from slide.tasks import parse_task_specs
@@ -43,17 +43,9 @@ def encode_example(tok, problem: Problem, thinking: bool) -> tuple[list[int], li
                             f"(families with SFT traces: {', '.join(k for k, f in AGENT_FAMILIES.items() if f.trace)})")
         t = trace(problem)
         return chat_format(tok).conversation(t["messages"], t["tools"], thinking)
-    if not glm_chat(tok):  # a checkpoint's own template: its rendering of the assistant's turn
-        return chat_format(tok).example([{"role": "user", "content": problem.prompt}], problem.reasoning,
-                                        problem.solution or problem.answer, thinking)
-    prompt = chat_prompt(tok, [{"role": "user", "content": problem.prompt}], thinking=thinking)
-    target = assistant_text(problem.reasoning if thinking else "", problem.solution or problem.answer)
-    if not thinking:  # the non-thinking generation prompt already holds the empty think block
-        target = target.removeprefix("<think></think>\n")
-    p = tok.encode(prompt, add_special_tokens=False)
-    t = tok.encode(target, add_special_tokens=False)
-    return p + t, [0] * len(p) + [1] * len(t)
-
+    # the template's own rendering of the assistant's turn (the built-in model's GLM template included)
+    return chat_format(tok).example([{"role": "user", "content": problem.prompt}], problem.reasoning,
+                                    problem.solution or problem.answer, thinking)
 
 def pack(examples: list[tuple[list[int], list[int]]], seq_len: int, pad: int):
     """Greedy first-fit packing of whole examples into rows.

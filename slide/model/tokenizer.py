@@ -80,9 +80,8 @@ def _checkpoint_stop_ids(folder: Path, tok) -> list[int]:
 
 def glm_chat(tok) -> bool:
     """Whether `tok` is SLIDE's character tokenizer with its GLM-4.5 template (the built-in tiny model's, also
-    saved in every checkpoint of it). Its text concatenates token by token, so prompts, SFT targets and agent
-    turns can be built from text pieces (assistant_text, observation_text). Any other checkpoint's tokenizer
-    is rendered through its own chat template."""
+    saved in every checkpoint of it), whose stop tokens are GLM's three role tokens. Every tokenizer, this one
+    included, is rendered through its own chat template (slide/model/chat.py)."""
     cached = getattr(tok, "slide_glm_chat", None)
     if cached is None:
         bundled = _bundled()
