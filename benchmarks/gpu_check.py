@@ -18,6 +18,7 @@ its own tokenizer (tests/own_checkpoint.py: byte-level BPE trained here, ChatML 
                uninterrupted step 3 is reported (bit-exact needs deterministic kernels: not asserted)
   rl_fp8       rollout.precision=fp8 (block-FP8 pushes, dequantized into the bf16 engine on the GPU)
   rl_async     mode=async, 2 Ray workers sharing the GPU (each resolves its device on its GPU share)
+  rl_fsdp      train.world_size=2 (FSDP2 on NCCL, one GPU per rank; SKIP on one GPU) and rollout.engines=2
   rl_vllm      rollout.engine=vllm, bf16 (only where vllm is installed; else SKIP)
 Part 2, the scale-out stages of benchmarks/gpu_scale.py (a ~0.65B glm4_moe: BF16 update, FP8/BF16 in-place
 sync, FP8 kernels; vLLM's where installed, `--engine`).
@@ -139,6 +140,13 @@ def command_stages(work: Path, device: str, vllm_version: str | None) -> None:
 
     stage("rl_fp8")(lambda: run_rl("rl_fp8", "rollout.precision=fp8"))
     stage("rl_async")(lambda: run_rl("rl_async", "mode=async", "disagg.workers=2", "save_every=3"))
+
+    @stage("rl_fsdp")
+    def _():  # NCCL needs one GPU per rank (two ranks on one GPU is refused)
+        if device == "cuda" and torch.cuda.device_count() < 2:
+            raise Skip(f"train.world_size=2 on NCCL needs 2 GPUs, this machine has {torch.cuda.device_count()}")
+        gpus = ["cluster.trainer_gpus=2", "cluster.rollout_gpus=0"] if device == "cuda" else []
+        return run_rl("rl_fsdp", "train.world_size=2", "rollout.engines=2", "save_every=3", *gpus)
 
     @stage("rl_vllm")
     def _():

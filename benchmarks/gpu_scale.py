@@ -42,7 +42,7 @@ def run_scale_stages(a, stage, kind: str, device: str) -> None:
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
-    from slide.algo.grpo import group_advantages
+    from slide.rl.sample import set_advantages
     from slide.config import AlgoSpec, TrainSpec
     from slide.engine import close_engine
     from slide.engine.inprocess import InProcessEngine, SamplingParams
@@ -110,11 +110,10 @@ def run_scale_stages(a, stage, kind: str, device: str) -> None:
                    for g, (p, ids, comps) in enumerate(zip(problems, prompts, ctx["groups"]))
                    for j, c in enumerate(comps)]
         groups = [samples[i:i + a.gens] for i in range(0, len(samples), a.gens)]
-        adv = group_advantages(torch.tensor([[s.reward for s in g] for g in groups]))
-        advantages = {id(s): float(v) for g, row in zip(groups, adv) for s, v in zip(g, row)}
+        set_advantages(groups)
         sync()
         t0 = time.perf_counter()
-        stats = trainer.step(samples, advantages)
+        stats = trainer.step(samples)
         sync()
         return {"train_s": round(time.perf_counter() - t0, 2), "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None,
                 "logprob_gap_mean": stats["logprob_gap_mean"], "logprob_gap_max": stats["logprob_gap_max"]}

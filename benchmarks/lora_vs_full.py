@@ -46,13 +46,14 @@ def run(variant: str, rank: int, steps: int) -> dict:
     samples = [Sample(prompt_ids=torch.randint(1, vocab, (64,), generator=gen).tolist(),
                       response_ids=torch.randint(1, vocab, (64,), generator=gen).tolist(), loss_mask=[1] * 64,
                       behaviour_logprobs=[-10.0] * 64, version=0, problem=None, group=i // 8) for i in range(16)]
-    advantages = {id(s): (1.0 if i % 2 else -1.0) for i, s in enumerate(samples)}
+    for i, s in enumerate(samples):
+        s.advantage = 1.0 if i % 2 else -1.0
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # noqa: E731 - GiB (Linux: KiB)
     base = rss()
     times = []
     for _ in range(steps + 1):  # the first is a warm-up
         t0 = time.perf_counter()
-        trainer.step(samples, advantages)
+        trainer.step(samples)
         times.append(time.perf_counter() - t0)
     state = [t for s in trainer.opt.state.values() for t in s.values() if torch.is_tensor(t) and t.dim()]
     state += [p.grad for g in trainer.opt.param_groups for p in g["params"] if p.grad is not None]

@@ -22,7 +22,6 @@ import time
 import torch
 from transformers import AutoTokenizer
 
-from slide.algo.grpo import group_advantages
 from slide.cli import add_bench_arguments
 from slide.config import AlgoSpec, TrainSpec
 from slide.device import generator, memory_metrics, precision_for, resolve_device, synchronize
@@ -30,7 +29,7 @@ from slide.engine import DTYPES, ENGINES, VLLM_GPU_SHARE, make_engine
 from slide.engine.inprocess import SamplingParams
 from slide.errors import UserError
 from slide.model.load import load_model
-from slide.rl.sample import Sample
+from slide.rl.sample import Sample, set_advantages
 from slide.rl.trainer import PolicyTrainer
 from slide.tasks.base import Problem
 from slide.weights.buckets import WeightSync
@@ -91,10 +90,9 @@ def run_bench(a) -> dict:
                 group.append(Sample(ids, c.tokens, [1] * len(c.tokens), c.logprobs, c.version, p, g,
                                     reward=float(text.strip().startswith(p.answer))))
             groups.append(group)
-        adv = group_advantages(torch.tensor([[s.reward for s in g] for g in groups]))
-        advantages = {id(s): float(v) for g, row in zip(groups, adv) for s, v in zip(g, row)}
+        set_advantages(groups)
         t2 = time.perf_counter()
-        trainer.step([s for g in groups for s in g], advantages)
+        trainer.step([s for g in groups for s in g])
         synchronize(device)
         t3 = time.perf_counter()
         sync.push(policy, engine, version=step + 1)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from slide.device import add_device_arguments, precision_for, resolve_device
 from slide.engine import DTYPES, ENGINES, set_threads
-from slide.errors import UserError
+from slide.errors import RunStopped, UserError
 from slide.preflight import check_inputs
 
 
@@ -68,11 +68,16 @@ def cmd_rl(a) -> None:
     from slide.progress import StepProgress
     from slide.rundir import RunDir
     if a.resume:
-        if a.config or a.overrides:
-            raise UserError("slide rl --resume RUN_DIR takes no config or overrides (the run's own config is used)")
-        cfg = load_config(RLConfig, str(RunDir.config_of(a.resume)))
+        overrides = [x for x in (a.config, *a.overrides) if x]
+        moved = [x for x in overrides if not x.split("=", 1)[0].startswith(RESUME_KEYS)]
+        if moved:
+            raise UserError(f"slide rl --resume RUN_DIR {moved[0]}: a resumed run keeps its config; only where it runs "
+                            f"may change ({', '.join(k.rstrip('.') for k in RESUME_KEYS)})")
+        cfg = load_config(RLConfig, str(RunDir.config_of(a.resume)), overrides)
         resolve_device(cfg.device)  # before open() trims the logs past the last checkpoint
         run_dir, ckpt = RunDir.open(a.resume)
+        if overrides:  # a later --resume continues where this one runs
+            (run_dir.path / "config.yaml").write_text(dump_config(cfg))
     else:
         cfg = load_config(RLConfig, *_config_args(a))
         resolve_device(cfg.device)
@@ -92,6 +97,10 @@ def cmd_rl(a) -> None:
         print(f"rl: held-out pass@1 {result['summary']['pass@1']:.3f}; run in {run_dir.path}")
     else:
         print(f"rl: {run_dir.path} had already reached steps={cfg.steps}; nothing to do")
+
+
+RESUME_KEYS = ("train.world_size", "train.rank_threads", "train.offload", "rollout.engines", "rollout.engine_threads",
+               "cluster.", "threads")  # where a resumed run runs; nothing that changes what it computes
 
 
 def cmd_eval(a) -> None:
@@ -202,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is intact (slide rl --resume RUN_DIR)", file=sys.stderr)
         return 130

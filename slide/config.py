@@ -78,6 +78,12 @@ class TrainSpec(Section):
                                                             "compute (TRL's GRPOTrainer default)")
     lora: LoraSpec = Field(LoraSpec(), description="train.lora.rank > 0: LoRA adapters (usually with a ~10x higher "
                                                    "train.lr); the engines get the merged weights")
+    world_size: int = Field(1, ge=1, description="trainer processes: 1 = this process (no Ray, no FSDP); N > 1 = N "
+                                                 "Ray actors training one FSDP2-sharded policy (slide/cluster/), "
+                                                 "gloo on a CPU, NCCL on GPUs")
+    offload: bool = Field(False, description="world_size > 1: parameters, gradients and optimizer state in host "
+                                             "memory between uses (FSDP2 CPUOffloadPolicy)")
+    rank_threads: int = Field(1, ge=1, description="world_size > 1: torch threads per trainer rank")
 
 
 class RolloutSpec(Section):
@@ -99,6 +105,10 @@ class RolloutSpec(Section):
                             "the engines compute in bf16 for bf16 and fp8 (fp8 dequantized on receipt), fp32 for fp32; "
                             "auto = bf16 on a GPU, fp32 on the CPU")
     sync_bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size, MiB")
+    engines: int = Field(1, ge=1, description="mode=sync: rollout engines; 1 = in the driver's process, N > 1 = N "
+                                              "Ray actors sharing each generate call's prompts (mode=async: "
+                                              "disagg.workers)")
+    engine_threads: int = Field(1, ge=1, description="engines > 1: torch threads per engine actor")
     length_stages: list[tuple[int, int]] = Field(
         [], description="output-length schedule for training rollouts: [[from_step, max_new_tokens], ...] with "
                         "growing limits; [] = single stage at max_new_tokens (evaluation always uses max_new_tokens)")
@@ -205,8 +215,21 @@ class DisaggSpec(Section):
     sync_interval: int = Field(1, ge=1, description="push weights to the workers every this many steps")
     partial_rollout: bool = Field(False, description="on a weight push, abort multi-turn episodes between turns "
                                                      "and re-queue them (False: they finish on the old version)")
-    ray_address: str | None = Field(None, description="existing Ray cluster address; None = start Ray locally")
     worker_threads: int = Field(1, ge=1, description="torch threads per worker")
+
+
+class ClusterSpec(Section):
+    """Where Ray puts the processes of a run (slide/cluster/placement.py): one placement group per job."""
+    ray_address: str | None = Field(None, description="join this Ray cluster (`auto`: the one `ray start --head` "
+                                                      "started); None = start Ray on this machine")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs Ray declares on this machine when it starts Ray itself "
+                                                    "(0 = none; on a CPU machine a number > 0 fakes them: Ray only "
+                                                    "places by them, for placement tests)")
+    trainer_gpus: int = Field(0, ge=0, description="GPUs for the trainer ranks (one per rank); 0 = the CPU")
+    rollout_gpus: int = Field(0, ge=0, description="GPUs for the rollout engines or workers (one each); 0 = the "
+                                                   "CPU or, with colocate, the trainers' GPUs")
+    colocate: bool = Field(False, description="engine i shares trainer rank i's bundle (its GPU): they alternate "
+                                              "(mode=sync); False = separate bundles (disaggregated)")
 
 
 class DataSpec(Section):
@@ -236,8 +259,21 @@ class RLConfig(Section):
     rollout: RolloutSpec = RolloutSpec()
     agent: AgentSpec = AgentSpec()
     disagg: DisaggSpec = DisaggSpec()
+    cluster: ClusterSpec = ClusterSpec()
     curriculum: CurriculumSpec = CurriculumSpec()
     temperature: TemperatureSpec = TemperatureSpec()
+
+    @model_validator(mode="after")
+    def _scale_out(self):
+        if self.train.world_size > 1 and self.train.lora.rank:
+            raise ValueError("train.lora with train.world_size > 1: not supported yet (LoRA trains in one process)")
+        if self.train.offload and not (self.train.world_size > 1 and self.cluster.trainer_gpus):
+            raise ValueError("train.offload: moves a trainer group's GPU shards to host memory; it needs "
+                             "train.world_size > 1 and cluster.trainer_gpus > 0 (on a CPU they are there already)")
+        if self.mode == "async" and self.rollout.engines > 1:
+            raise ValueError("rollout.engines > 1: mode=sync only; mode=async has its rollout workers "
+                             "(disagg.workers)")
+        return self
 
     @model_validator(mode="after")
     def _staleness_covers_sync_interval(self):

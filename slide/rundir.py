@@ -140,15 +140,26 @@ class RunDir:
     def save_checkpoint(self, step: int, model, tokenizer, state: dict, keep: int = 3, merged: bool = True) -> Path:
         """`model/` (an HF folder) and `state.pt`; a LoRA policy writes `adapter/` (what resume reads) and `model/`,
         its merged weights, only when `merged`."""
+        def write(folder: Path) -> dict:
+            if has_lora(model):
+                save_adapter(model, folder / "adapter", tokenizer)
+            if merged or not has_lora(model):
+                save_merged(model, folder / "model")
+            return {}
+        return self.write_checkpoint(step, write, tokenizer if merged or not has_lora(model) else None, state, keep)
+
+    def write_checkpoint(self, step: int, write, tokenizer, state: dict, keep: int = 3) -> Path:
+        """Checkpoint `step` atomically: `write(folder)` puts the weights (and whatever else) into a temporary
+        folder and returns more state; the tokenizer joins `model/`, then `state.pt`, then the folder takes its
+        final name. Only the newest `keep` checkpoints stay."""
         final = self.ckpt_dir / f"{CKPT_PREFIX}{step:06d}"
         tmp = self.ckpt_dir / f".tmp-{CKPT_PREFIX}{step:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
-        if has_lora(model):
-            save_adapter(model, tmp / "adapter", tokenizer)
-        if merged or not has_lora(model):
-            save_merged(model, tmp / "model")
+        tmp.mkdir(parents=True)
+        more = write(tmp)
+        if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "model")
-        torch.save({"step": step, "rng": rng_state(), **state}, tmp / "state.pt")
+        torch.save({"step": step, "rng": rng_state(), **state, **more}, tmp / "state.pt")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in sorted(self.ckpt_dir.glob(f"{CKPT_PREFIX}*"))[:-keep]:

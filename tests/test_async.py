@@ -13,7 +13,6 @@ import sys
 import time
 import warnings
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pytest
 import ray
@@ -26,6 +25,7 @@ from slide.rl import async_rl
 from slide.rl.data import PromptSource, eval_problems
 from slide.rundir import RunDir
 from slide.tasks import parse_task_specs
+from processes import descendants, reap
 
 SMALL = ["data.train=arithmetic:1", "rollout.prompts_per_step=2", "rollout.n=4", "rollout.max_new_tokens=16",
          "data.eval_prompts=4", "eval_every=0", "train.micro_batch=8", "algo.dynamic_sampling=false"]
@@ -174,53 +174,6 @@ def test_partial_rollout_aborts_multi_turn_calls_on_push(tool_model, ray_session
     audit(cfg, path)  # aborted calls' problems were rolled out again or are outstanding
 
 
-def _descendants(pid: int) -> dict[int, str]:
-    """pid -> start time of every live process below `pid` (read from /proc, so no psutil)."""
-    children = defaultdict(list)
-    start = {}
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            children[int(fields[1])].append(int(p.name))
-            start[int(p.name)] = fields[19]
-    out, todo = {}, [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out[c] = start[c]
-            todo.append(c)
-    return out
-
-
-def _reap(procs: dict[int, str]) -> list[str]:
-    """Wait a few seconds for `procs` to exit, then SIGKILL the survivors; returns what had to be killed."""
-    def alive():
-        out = {}
-        for pid, started in procs.items():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and fields[19] == started:  # same process, not a reused pid
-                out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:60].strip()
-        return out
-
-    deadline = time.time() + 5
-    while alive() and time.time() < deadline:
-        time.sleep(0.2)
-    left = alive()
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return [f"{pid} {cmd}" for pid, cmd in left.items()]
-
-
 def test_kill_and_resume_through_the_cli(sft_init, tmp_path):
     """kill -9 right after the first checkpoint; `slide rl --resume` finishes the run: steps continue where the
     checkpoint left off, workers restart on its version, its outstanding problems are rolled out, and every group
@@ -237,11 +190,11 @@ def test_kill_and_resume_through_the_cli(sft_init, tmp_path):
                                                                and any(path.glob("groups/*.pt"))):
         time.sleep(0.05)
     assert p.poll() is None, p.stderr.read().decode()[-3000:]
-    ray_procs = _descendants(p.pid)  # its Ray cluster: gcs_server, raylet, agents, workers
+    ray_procs = descendants(p.pid)  # its Ray cluster: gcs_server, raylet, agents, workers
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     p.stderr.close()
-    orphans = _reap(ray_procs)
+    orphans = reap(ray_procs)
     if orphans:
         warnings.warn(f"kill -9 of an async driver left {len(orphans)} Ray processes running: {orphans}")
     done = len(read(path / "metrics.jsonl"))

@@ -116,7 +116,9 @@ def test_only_the_adapters_train_and_logprobs_run_through_peft():
         {id(p) for n, p in policy.named_parameters() if "lora_" in n}
     samples = [Sample(prompt_ids=[5, 6, 7], response_ids=[8, 9, 10], loss_mask=[1, 1, 1],
                       behaviour_logprobs=[-4.0] * 3, version=0, problem=None, group=0) for _ in range(2)]
-    stats = trainer.step(samples, {id(s): a for s, a in zip(samples, (-1.0, 1.0))})
+    for s, a in zip(samples, (-1.0, 1.0)):
+        s.advantage = a
+    stats = trainer.step(samples)
     assert stats["grad_norm"] > 0
     moved = [n for n, p in policy.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
     assert moved  # B left zero

@@ -156,7 +156,8 @@ def test_one_update_moves_logprobs_in_the_advantage_direction(tmp_path):
         ids, attn, targets, mask, _, start = collate([s], 0)
         with torch.no_grad():
             s.behaviour_logprobs = response_logprobs(model, ids, attn, targets, start, 1.0)[0].tolist()
-    stats = trainer.step([good, bad], {id(good): 1.0, id(bad): -1.0})
+    good.advantage, bad.advantage = 1.0, -1.0
+    stats = trainer.step([good, bad])
     assert stats["ratio_dev_max"] == 0.0 and abs(stats["tis_weight_mean"] - 1.0) < 1e-5
     assert seq_logp(good) > before[0] and seq_logp(bad) < before[1]
 
@@ -179,7 +180,8 @@ def test_mini_batch_updates_clip_against_the_rollout_policy():
     prob = Problem(prompt="q", answer="1", family="f", level=1)
     batch = [Sample([1, 2, 4, 18, 30], resp, [1] * len(resp), [0.0] * len(resp), 0, prob, 0)
              for resp in ([40, 41, 42], [50, 51], [43, 44], [52, 53, 54])]
-    advantages = {id(s): a for s, a in zip(batch, (1.0, -1.0, 1.0, -1.0))}
+    for s, a in zip(batch, (1.0, -1.0, 1.0, -1.0)):
+        s.advantage = a
 
     def seq_logp(s):
         ids, attn, targets, mask, _, start = collate([s], 0)
@@ -189,12 +191,12 @@ def test_mini_batch_updates_clip_against_the_rollout_policy():
     before = [seq_logp(s) for s in batch]
     for s, lp in zip(batch, before):
         s.behaviour_logprobs = lp.tolist()
-    stats = trainer.step(batch, advantages)
+    stats = trainer.step(batch)
     assert stats["updates"] == 2 and trainer.updates == 2
     assert stats["ratio_dev_max"] > 0  # the second update saw the first one's change
     after = [seq_logp(s) for s in batch]
     for s, b, a in zip(batch, before, after):
-        assert (a.sum() > b.sum()) == (advantages[id(s)] > 0)
+        assert (a.sum() > b.sum()) == (s.advantage > 0)
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
@@ -212,7 +214,8 @@ def test_an_update_built_from_pieces_equals_one_batch(loss_agg):
     prob = Problem(prompt="q", answer="1", family="f", level=1)
     batch = [Sample([1, 2, 4, 18, 30][:k], resp, [1] * (len(resp) - 1) + [0], [-1.5] * len(resp), 0, prob, 0)
              for k, resp in ((5, [40, 41, 42]), (4, [50, 51]), (5, [43, 44, 45, 46]), (3, [52, 53, 54]))]
-    advantages = {id(s): a for s, a in zip(batch, (1.0, -1.0, 0.5, -0.5))}
+    for s, a in zip(batch, (1.0, -1.0, 0.5, -0.5)):
+        s.advantage = a
     trained = []
     for pieces in ([batch], [batch[:1], batch[1:3], batch[3:]]):
         model = build_model(tiny_config("test", tok), seed=0)
@@ -223,11 +226,11 @@ def test_an_update_built_from_pieces_equals_one_batch(loss_agg):
         # float noise in a gradient that is zero in exact arithmetic into a step of lr
         trainer.opt = torch.optim.SGD(model.parameters(), lr=1.0)
         if len(pieces) == 1:
-            stats = trainer.step(batch, advantages)
+            stats = trainer.step(batch)
         else:
             trainer.begin_update()
             for piece in pieces:
-                trainer.accumulate(piece, advantages)
+                trainer.accumulate(piece)
             stats = trainer.finish_update()
         trained.append((model.state_dict(), stats))
     (whole, a), (pieces, b) = trained
@@ -253,7 +256,8 @@ def test_gradient_checkpointing_gives_the_same_update_and_expert_counts():
     prob = Problem(prompt="q", answer="1", family="f", level=1)
     batch = [Sample([1, 2, 4, 18, 30][:k], resp, [1] * len(resp), [-1.5] * len(resp), 0, prob, 0)
              for k, resp in ((5, [40, 41, 42]), (4, [50, 51]), (5, [43, 44, 45, 46]))]
-    advantages = {id(s): a for s, a in zip(batch, (1.0, -1.0, 0.5))}
+    for s, a in zip(batch, (1.0, -1.0, 0.5)):
+        s.advantage = a
     real_tokens = sum(len(s.prompt_ids) + len(s.response_ids) for s in batch)  # 8 + 6 + 9 = 23
     trained = []
     for checkpointing in (False, True):
@@ -262,7 +266,7 @@ def test_gradient_checkpointing_gives_the_same_update_and_expert_counts():
                                 AlgoSpec(), temperature=1.0, pad_id=0, router_bias_rate=1e-3)
         trainer.opt = torch.optim.SGD(model.parameters(), lr=1.0)  # the update is the (clipped) gradient itself
         trainer.begin_update()
-        trainer.accumulate(batch, advantages)
+        trainer.accumulate(batch)
         counts = [c.clone() for c in trainer.load.counts]
         trainer.finish_update()
         trained.append((model.state_dict(), counts))
@@ -294,7 +298,8 @@ def test_compiled_training_matches_eager_and_keeps_the_models_attention():
     prob = Problem(prompt="q", answer="1", family="f", level=1)
     batch = [Sample([1, 2, 4, 18, 30][:k], resp, [1] * len(resp), [-1.5] * len(resp), 0, prob, 0)
              for k, resp in ((5, [40, 41, 42]), (4, [50, 51]), (5, [43, 44, 45, 46]))]
-    advantages = {id(s): a for s, a in zip(batch, (1.0, -1.0, 0.5))}
+    for s, a in zip(batch, (1.0, -1.0, 0.5)):
+        s.advantage = a
     trained = []
     for compiled in (False, True):
         torch.manual_seed(0)
@@ -303,7 +308,7 @@ def test_compiled_training_matches_eager_and_keeps_the_models_attention():
         trainer = PolicyTrainer(model, TrainSpec(lr=1e-3, micro_batch=4, compile=compiled), AlgoSpec(),
                                 temperature=1.0, pad_id=0, router_bias_rate=0.0)
         trainer.opt = torch.optim.SGD(model.parameters(), lr=1.0)  # the update is the (clipped) gradient itself
-        stats = trainer.step(batch, advantages)
+        stats = trainer.step(batch)
         assert trainer._attention == ("eager" if compiled else None) and own == "sdpa"
         assert model.config._attn_implementation == own
         assert make_engine("inprocess", model, 0).model.config._attn_implementation == own

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from slide.model.lora import unwrap
 
+SCORING = "slide_scoring"  # a sharded model's method running chunked_logprobs as an FSDP forward
 CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk: 109 positions of a 150K vocabulary, all of a small one
 
 
@@ -31,6 +32,15 @@ def token_logprobs(model, inputs: dict, rows: torch.Tensor, cols: torch.Tensor, 
     compiled model.base_model); default model.base_model. A peft wrapper runs as its inner model, whose adapted
     layers are peft's own (a PeftModel's base_model is the tuner, whose forward includes the head)."""
     model = unwrap(model)
+    scoring = getattr(model, SCORING, None)
+    if scoring is not None:  # an FSDP2 root (slide/cluster/fsdp.py): the same computation, inside its hooks
+        return scoring(inputs, rows, cols, targets, temperature, base)
+    return chunked_logprobs(model, inputs, rows, cols, targets, temperature, base)
+
+
+def chunked_logprobs(model, inputs: dict, rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor,
+                     temperature: float = 1.0, base=None) -> torch.Tensor:
+    """token_logprobs' computation on an unwrapped causal LM."""
     head = model.get_output_embeddings()
     if not _plain_head(model, head):
         logits = model(**inputs).logits[rows, cols].float()  # [N, V]

@@ -22,21 +22,18 @@ import dataclasses
 import time
 from collections import Counter
 
-import ray
-import torch
 
-from slide.algo.grpo import group_advantages
 from slide.config import RLConfig
 from slide.device import memory_metrics
-from slide.engine import make_engine
+from slide.cluster.placement import start_ray
 from slide.rl.group_store import GroupStore
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.parts import build, device_state
+from slide.rl.sample import set_advantages
 from slide.rl.worker import WorkerPool
 from slide.rundir import RunDir, rng_state
 from slide.watchdog import Watchdog, beat, boundary_checkpoint
 from slide.tasks.base import Problem
-from slide.weights.buckets import WeightSync
 
 
 def group_version(group) -> int:
@@ -59,31 +56,21 @@ def drop_stale_turns(group, oldest: int) -> int:
     return masked
 
 
-def start_ray(cfg: RLConfig) -> None:
-    """Join the configured cluster, or start Ray on this machine with one CPU slot per worker thread."""
-    if ray.is_initialized():
-        return
-    d = cfg.disagg
-    # address "local": a new Ray on this machine, never a cluster someone started with `ray start` / RAY_ADDRESS
-    local = {} if d.ray_address else {"num_cpus": d.workers * d.worker_threads}
-    ray.init(address=d.ray_address or "local", include_dashboard=False, log_to_driver=False,
-             configure_logging=False, **local)
-
-
 def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     """Train for cfg.steps steps in `run_dir` (continuing from `ckpt` if given). Returns the last eval."""
-    p = build(cfg, ckpt)
-    tok, policy, trainer, source, d = p.tok, p.policy, p.trainer, p.source, cfg.disagg
-    weight_sync = WeightSync(p.rollout_precision, cfg.rollout.sync_bucket_mb)
-    eval_engine = make_engine("inprocess", policy, tok.pad_token_id, p.rollout_precision)  # weights as the workers'
-    weight_sync.push(policy, eval_engine, version=p.start)
-
-    def host_buckets(version: int) -> list:
-        """One version's buckets in host memory, for the Ray object store (a worker puts them on its device)."""
-        return [b.to("cpu") for b in weight_sync.buckets(policy, version)]
-
     start_ray(cfg)
-    pool = WorkerPool(cfg, host_buckets(p.start), p.device.type)
+    p = build(cfg, ckpt)  # the trainer: this process, or train.world_size FSDP2 ranks (slide/cluster/)
+    try:
+        return _train(cfg, run_dir, p, progress)
+    finally:
+        p.close()
+
+
+def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
+    trainer, source, d = p.trainer, p.source, cfg.disagg
+    eval_engine = p.engine(cfg, kind="inprocess", group=False)  # the trainer's weights as the workers get them
+    p.push(eval_engine, version=p.start)
+    pool = WorkerPool(cfg, p.publish(p.start)[0], p.device.type)
     startup_s = pool.wait_ready()  # logged with the first step, outside its clock
     store = GroupStore(run_dir.path / "groups")
     restored = store.restore(p.state.get("consumed", []))  # finished before the kill, never trained: first in line
@@ -145,8 +132,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
         """For the watchdog: writes step - 1's checkpoint (state as of now) unless an update has happened since."""
         snap, updates = state() | {"rng": rng_state()}, trainer.updates
         return lambda: boundary_checkpoint(run_dir, step - 1, lambda: trainer.updates != updates, lambda:
-                                           run_dir.save_checkpoint(step - 1, policy, tok,
-                                                                   {"trainer": trainer.state_dict(), **snap}))
+                                           p.save(run_dir, step - 1, snap))
 
     with pool, Watchdog(run_dir.path, cfg.watchdog_s) as dog:  # a stalled step ends the run with its stacks
         for step in range(p.start + 1, cfg.steps + 1):
@@ -173,11 +159,9 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
                     take = min(P - len(batch), max(1, cfg.train.micro_batch // cfg.rollout.n))
                     groups, ready = ready[:take], ready[take:]
                     consume(groups, "trained")
-                    adv = group_advantages(torch.tensor([[s.reward for s in g] for g in groups]),
-                                           cfg.algo.scale_adv_by_std)
+                    set_advantages(groups, cfg.algo.scale_adv_by_std)
                     with timer("train"):  # the behaviour policy's samples, TIS against their recorded logprobs
-                        trainer.accumulate([s for g in groups for s in g],
-                                           {id(s): float(a) for g, row in zip(groups, adv) for s, a in zip(g, row)})
+                        trainer.accumulate([s for g in groups for s in g])
                     batch += groups
                 elif dropped["no_signal"] >= 4 * cfg.algo.max_sample_rounds * P:
                     break  # nothing has a reward signal: log the step, skip the update (never hang)
@@ -191,7 +175,8 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             # 4. push weights every sync_interval steps; workers apply them between calls
             if step % d.sync_interval == 0:
                 with timer("sync"):
-                    stats["sync_bytes"] = pool.push(host_buckets(step))
+                    buckets, stats["sync_bytes"] = p.publish(step)
+                    pool.push(buckets)
             # 5. log
             staleness = [version - group_version(g) for g in batch] or [0]
             metrics = step_metrics(seen or [s for g in batch for s in g])
@@ -207,7 +192,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             # 6. periodic eval (on the trainer's weights) and checkpoint
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 with timer("eval"):
-                    weight_sync.push(policy, eval_engine, version=step)
+                    p.push(eval_engine, version=step)
                     last_eval = p.evaluate(eval_engine, cfg, run_dir, step)
                 metrics["eval_pass@1"] = last_eval["summary"]["pass@1"]
             metrics["time/step_s"] = time.perf_counter() - t_step
@@ -219,8 +204,7 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
             if progress:
                 progress(step, metrics)
             if step % cfg.save_every == 0 or step == cfg.steps:
-                run_dir.save_checkpoint(step, policy, tok, {"trainer": trainer.state_dict(), **state()},
-                                        merged=cfg.train.lora.save_merged or step == cfg.steps)
+                p.save(run_dir, step, state(), merged=cfg.train.lora.save_merged or step == cfg.steps)
                 store.checkpointed()
     return last_eval
 

@@ -12,7 +12,7 @@ import torch
 
 from slide.config import RLConfig
 from slide.device import generator, precision_for, resolve_device
-from slide.engine import DTYPES
+from slide.engine import DTYPES, make_engine
 from slide.engine.inprocess import SamplingParams
 from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
@@ -27,6 +27,7 @@ from slide.rundir import load_state, rng_state, set_rng_state
 from slide.tasks import parse_task_specs
 from slide.tasks.user_reward import load_reward
 from slide.watchdog import boundary_checkpoint
+from slide.weights.buckets import WeightSync
 from slide.tasks.base import Problem
 
 
@@ -45,6 +46,8 @@ class Parts:
     temperature: DynamicTemperature  # the rollout temperature, re-picked on reward plateaus when dynamic
     device: torch.device  # where the trainer, the in-process engine and the generator are (cfg.device resolved)
     rollout_precision: str  # cfg.rollout.precision with "auto" resolved for the device
+    weight_sync: WeightSync  # how weights travel to the engines (rollout precision, bucket size)
+    placement: object = None  # slide.cluster.placement.Placement when trainer ranks or engines are Ray actors
 
     def reward_runner(self, spec) -> RewardRunner:
         return reward_runner(self.verify, spec)
@@ -75,15 +78,55 @@ class Parts:
 
         def save() -> Path | None:
             return boundary_checkpoint(run_dir, step - 1, lambda: self.trainer.updates != updates,
-                                       lambda: run_dir.save_checkpoint(step - 1, self.policy, self.tok, {
-                                           "trainer": self.trainer.state_dict(), **snap}))
+                                       lambda: self.save(run_dir, step - 1, snap))
         return save
 
     def checkpoint_state(self) -> dict:
-        """What a checkpoint needs beyond the weights to continue exactly."""
-        return {"trainer": self.trainer.state_dict(), "source": self.source.state_dict(),
-                "generator": self.generator.get_state(), "temperature": self.temperature.state_dict(),
-                **device_state(self.device)}
+        """What a checkpoint needs beyond the weights and the trainer to continue exactly (sync mode)."""
+        return {"source": self.source.state_dict(), "generator": self.generator.get_state(),
+                "temperature": self.temperature.state_dict(), **device_state(self.device)}
+
+    def save(self, run_dir, step: int, state: dict, merged: bool = True) -> Path:
+        """Checkpoint `step`: the weights and the trainer's state (a trainer group writes its shards and the
+        consolidated HF folder itself), plus `state`."""
+        if self.policy is None:
+            return run_dir.write_checkpoint(step, lambda folder: {"trainer": self.trainer.save(folder)}, self.tok,
+                                            state)
+        return run_dir.save_checkpoint(step, self.policy, self.tok, {"trainer": self.trainer.state_dict(), **state},
+                                       merged=merged)
+
+    def engine(self, cfg: RLConfig, kind: str | None = None, group: bool = True):
+        """The rollout engine of `kind` (default rollout.engine): an engine group of rollout.engines Ray actors,
+        or one in this process (colocated with a one-process trainer at fp32, it reads the policy's weights).
+        Its weights come with the first `push`."""
+        if group and self.placement is not None and self.placement.engines:
+            from slide.cluster.engines import EngineGroup
+            return EngineGroup(cfg, self.placement)
+        model = self.policy if self.policy is not None else \
+            load_policy(cfg.model.init, cfg.model.size, self.tok, cfg.seed, device=self.device)  # a trainer group's
+        return make_engine(kind or cfg.rollout.engine, model, self.tok.pad_token_id, self.rollout_precision, cfg.seed,
+                           share=self.policy is not None and kind is None)
+
+    def push(self, engine, version: int) -> dict[str, float]:
+        """The policy's current weights into `engine` as `version` (in place); sync stats."""
+        if self.placement is None:
+            return self.weight_sync.push(self.policy, engine, version)
+        from slide.cluster.weights import push
+        return push(self.weight_sync, self.trainer if self.policy is None else self.policy, engine, version)
+
+    def publish(self, version: int) -> tuple[list, int]:
+        """One version's buckets for Ray actors (async workers), and their bytes: host-memory buckets from a
+        one-process trainer, object-store refs from a trainer group (gathered from its shards)."""
+        if self.policy is None:
+            return self.trainer.publish(version, self.weight_sync)
+        buckets = [b.to("cpu") for b in self.weight_sync.buckets(self.policy, version)]
+        return buckets, sum(b.nbytes for b in buckets)
+
+    def close(self) -> None:
+        if self.policy is None:
+            self.trainer.close()
+        if self.placement is not None:
+            self.placement.remove()
 
 
 def sampling_params(cfg: RLConfig, tok) -> SamplingParams:
@@ -101,10 +144,9 @@ def device_state(device: torch.device) -> dict:
     return {} if device.type == "cpu" else {"device": device.type}  # a CPU run's checkpoints stay as they were
 
 
-def build(cfg: RLConfig, ckpt=None) -> Parts:
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)  # every device's global stream
-    tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)  # the checkpoint's own, or the built-in model's
+def policy_and_trainer(cfg: RLConfig, tok, device: torch.device, ckpt=None, shard=None):
+    """The policy (fp32 master weights; the checkpoint's, or model.init's) and its PolicyTrainer. shard: applied
+    to the policy before the optimizer is made (a trainer rank's FSDP2 sharding)."""
     lora = cfg.train.lora
     if lora.rank:  # LoRA: the frozen base from model.init, the adapter (and router biases) from the checkpoint
         policy = add_lora(load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=device), lora, cfg.seed,
@@ -112,11 +154,30 @@ def build(cfg: RLConfig, ckpt=None) -> Parts:
     else:  # fp32 master weights; train.precision sets the autocast
         policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed,
                              device=device)
+    autocast = DTYPES[precision_for(cfg.train.precision, device)]
+    if shard is not None:
+        policy = shard(policy, autocast)
     ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=device) if cfg.algo.kl_coef > 0 \
         else None  # the initial policy, run as the policy is (fp32 weights, the same autocast): KL 0 at the start
     trainer = PolicyTrainer(policy, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,
-                            cfg.model.router_bias_rate, ref_model=ref,
-                            autocast=DTYPES[precision_for(cfg.train.precision, device)])
+                            cfg.model.router_bias_rate, ref_model=ref, autocast=autocast)
+    return policy, trainer
+
+
+def build(cfg: RLConfig, ckpt=None) -> Parts:
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # every device's global stream
+    tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)  # the checkpoint's own, or the built-in model's
+    placement = None
+    if cfg.train.world_size > 1 or (cfg.mode == "sync" and cfg.rollout.engines > 1):
+        from slide.cluster.placement import Placement, start_ray
+        start_ray(cfg)
+        placement = Placement.for_run(cfg)  # one placement group for the job's trainer ranks and engines
+    if cfg.train.world_size > 1:  # FSDP2 ranks on Ray hold the policy; the driver keeps a handle
+        from slide.cluster.trainer_group import TrainerGroup
+        policy, trainer = None, TrainerGroup(cfg, ckpt, placement)
+    else:
+        policy, trainer = policy_and_trainer(cfg, tok, device, ckpt)
     user_reward = load_reward(cfg.data.reward)
     train_specs = parse_task_specs(cfg.data.train, user_reward)  # datasets are read once
     eval_specs = parse_task_specs(cfg.data.eval, user_reward) if cfg.data.eval else train_specs
@@ -126,10 +187,11 @@ def build(cfg: RLConfig, ckpt=None) -> Parts:
     gen = generator(device, cfg.seed)  # where the engine samples (vLLM draws its seeds from it on any device)
     temperature = DynamicTemperature(cfg.temperature, cfg.rollout.temperature)
     parts = Parts(tok, policy, trainer, held_out, source, verifiers(train_specs + eval_specs), sampling, gen, 0, {},
-                  temperature, device, precision_for(cfg.rollout.precision, device))
+                  temperature, device, precision_for(cfg.rollout.precision, device),
+                  WeightSync(precision_for(cfg.rollout.precision, device), cfg.rollout.sync_bucket_mb), placement)
     if ckpt is not None:
         state = load_state(ckpt)
-        trainer.load_state_dict(state["trainer"])
+        trainer.load_state_dict(state["trainer"], ckpt)
         source.load_state_dict(state["source"])
         if state.get("device", "cpu") == device.type:
             gen.set_state(state["generator"])

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
+from slide.algo.grpo import group_advantages
 from slide.tasks.base import Problem
 
 
@@ -16,6 +19,7 @@ class Sample:
     problem: Problem
     group: int  # samples of one prompt share a group id
     reward: float = 0.0
+    advantage: float = 0.0  # set from the group's rewards before training (slide.algo.grpo.group_advantages)
     status: str = "completed"  # completed | truncated | aborted | failed
     response_text: str = ""
     token_versions: list[int] = field(default_factory=list)  # per response token where turns span versions
@@ -30,3 +34,14 @@ class Sample:
         return {"step": step, "group": self.group, "version": self.version, "family": p.family, "level": p.level,
                 "prompt": p.prompt, "answer": p.answer, "response": self.response_text, "reward": self.reward,
                 "status": self.status, "response_len": len(self.response_ids)}
+
+
+def set_advantages(groups: list[list[Sample]], scale_by_std: bool = True) -> None:
+    """Each sample's advantage from its group's rewards (GRPO: reward minus the group mean, over the std). The
+    value travels on the sample, to whichever process trains it."""
+    if not groups:
+        return
+    adv = group_advantages(torch.tensor([[s.reward for s in g] for g in groups]), scale_by_std)
+    for g, row in zip(groups, adv.tolist()):
+        for s, a in zip(g, row):
+            s.advantage = a

@@ -4,45 +4,45 @@
     slide rl --resume runs/rl            # continue a killed run; same metrics as never stopped
 
 The trainer and the in-process engine share the process (and the CPU, or the GPU of `device`) and take turns.
+With train.world_size > 1 the trainer is a group of FSDP2 ranks, with rollout.engines > 1 the engine a group of
+engine actors (slide/cluster/): the loop below is the same.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import replace
 
-import torch
-
-from slide.algo.grpo import group_advantages
 from slide.config import RLConfig
 from slide.device import memory_metrics
-from slide.engine import close_engine, make_engine
+from slide.engine import close_engine
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.curriculum import successes
 from slide.rl.parts import build
 from slide.rl.rollout import Rollout, length_limit, sample_batch
+from slide.rl.sample import set_advantages
 from slide.rundir import RunDir
 from slide.watchdog import Watchdog
-from slide.weights.buckets import WeightSync
 
 
 def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     """Train for cfg.steps steps in `run_dir` (continuing from `ckpt` if given). Returns the last eval."""
-    p = build(cfg, ckpt)
-    engine = make_engine(cfg.rollout.engine, p.policy, p.tok.pad_token_id, p.rollout_precision, cfg.seed,
-                         share=True)  # colocated: at fp32 the engine reads the policy's weights, no copy (LoRA:
-    #                                   the frozen ones; the adapted weights are its own, merged at each push)
+    p = build(cfg, ckpt)  # the trainer: this process, or train.world_size FSDP2 ranks (slide/cluster/)
     try:
-        with Watchdog(run_dir.path, cfg.watchdog_s) as dog:  # a stalled step ends the run with its stacks
-            return _train(cfg, run_dir, p, engine, dog, progress)
+        engine = p.engine(cfg)  # colocated: at fp32 the engine reads the policy's weights, no copy (LoRA: the frozen
+        #                         ones, the adapted are its own); rollout.engines > 1: a group of Ray actors
+        try:
+            with Watchdog(run_dir.path, cfg.watchdog_s) as dog:  # a stalled step ends the run with its stacks
+                return _train(cfg, run_dir, p, engine, dog, progress)
+        finally:
+            close_engine(engine)
     finally:
-        close_engine(engine)
+        p.close()
 
 
 def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -> dict:
     """The RL loop: one iteration per step, with `engine` holding the rollout copy of the weights."""
-    tok, policy, trainer, source, gen = p.tok, p.policy, p.trainer, p.source, p.generator
-    weight_sync = WeightSync(p.rollout_precision, cfg.rollout.sync_bucket_mb)
-    weight_sync.push(policy, engine, version=p.start)  # the engine holds rollout-precision weights from the start
+    tok, trainer, source, gen = p.tok, p.trainer, p.source, p.generator
+    p.push(engine, version=p.start)  # the engine holds rollout-precision weights from the start
     reward = p.reward_runner(cfg.rollout)
     rollout = Rollout(engine, tok, p.sampling, cfg.rollout.n, reward, cfg.rollout.thinking, cfg.agent, cfg.seed,
                       cfg.rollout.force_answer_tokens if cfg.rollout.force_answer else 0)
@@ -63,16 +63,13 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -
             batch, seen, sampling_stats = sample_batch(rollout, source, cfg.rollout.prompts_per_step,
                                                        cfg.algo.dynamic_sampling, cfg.algo.max_sample_rounds, gen)
         # 2. advantages: group-normalised rewards, one value per sequence
-        advantages = {}
-        if batch:
-            adv = group_advantages(torch.tensor([[s.reward for s in g] for g in batch]), cfg.algo.scale_adv_by_std)
-            advantages = {id(s): float(a) for g, row in zip(batch, adv) for s, a in zip(g, row)}
+        set_advantages(batch, cfg.algo.scale_adv_by_std)
         # 3. train, 4. push the new weights into the engine in place
         samples = [s for g in batch for s in g]
         with timer("train"):
-            stats = trainer.step(samples, advantages) if samples else {}
+            stats = trainer.step(samples) if samples else {}
         with timer("sync"):
-            pushed = weight_sync.push(policy, engine, version=step)  # seconds: time/sync_s
+            pushed = p.push(engine, version=step)  # seconds: time/sync_s
         stats.update(sync_bytes=pushed["sync/bytes"], sync_buckets=pushed["sync/buckets"])
         # 5. log: every sampled trajectory, and one metrics row
         all_samples = [s for g in seen for s in g]
@@ -82,7 +79,7 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -
             "groups_trained": len(batch), "max_new_tokens": rollout.params.max_new_tokens,
             **source.stats(), **(stage_stats or {}),
             **{f"sampling/{k}": v for k, v in sampling_stats.items()},
-            **reward.pop_stats(), **stats,
+            **reward.pop_stats(), **stats, **getattr(engine, "pop_counts", dict)(),  # an engine group's replacements
         })
         # 6. periodic eval and checkpoint
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
@@ -99,6 +96,5 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -
         if progress:
             progress(step, metrics)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            run_dir.save_checkpoint(step, policy, tok, p.checkpoint_state(),
-                                    merged=cfg.train.lora.save_merged or step == cfg.steps)
+            p.save(run_dir, step, p.checkpoint_state(), merged=cfg.train.lora.save_merged or step == cfg.steps)
     return last_eval

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
+from slide.cluster.collective import all_sum, all_sum_tensors, fewest, passes, scalar
 from slide.algo.grpo import AGGREGATIONS, LOSS_DIVISOR, kl_k3, masked_is_weights, policy_loss, tis_weights
 from slide.config import AlgoSpec, TrainSpec
 from slide.model.logprobs import token_logprobs
@@ -109,23 +110,28 @@ class PolicyTrainer:
                 config._attn_implementation = own
 
     def _micro_batches(self, samples: list[Sample]):
+        """Length-sorted micro-batches (they waste little padding). In a trainer group every rank runs as many as
+        the rank with the most (slide/cluster/collective.py): the others add empty ones, a one-token sample with
+        nothing in its loss mask."""
         mb = self.train_cfg.micro_batch
         order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
-        for k in range(0, len(order), mb):  # length-sorted micro-batches waste little padding
-            yield [samples[i] for i in order[k:k + mb]]
+        batches = [[samples[i] for i in order[k:k + mb]] for k in range(0, len(order), mb)]
+        blank = Sample([self.pad], [self.pad], [0], [0.0], 0, None, -1)
+        batches += [[blank]] * (passes(len(batches)) - len(batches))
+        for batch in batches:
+            yield batch
             beat()  # progress, for the run's watchdog
 
-    def step(self, samples: list[Sample], advantages: dict[int, float]) -> dict[str, float]:
-        """Train on one rollout batch; advantages keyed by id(sample). Returns metrics.
+    def step(self, samples: list[Sample]) -> dict[str, float]:
+        """Train on one rollout batch (each sample's `advantage` set). Returns metrics.
 
         `train.updates_per_step` = 1: one optimizer update on the whole batch (strictly on-policy; the
         ratio is exactly 1). k > 1: the batch is cut into k mini-batches of whole groups, each one update
         (PPO-style, as slime's steps per rollout); the "old" logprobs of every sample are computed before
         the first update, so later mini-batches clip against the policy that generated the batch.
         """
-        k = min(self.train_cfg.updates_per_step, len(samples))
-        size = -(-len(samples) // k)
-        minis = [samples[i:i + size] for i in range(0, len(samples), size)]  # groups are contiguous
+        k = fewest(min(self.train_cfg.updates_per_step, max(len(samples), 1)))  # the same on every rank
+        minis = [samples[len(samples) * i // k:len(samples) * (i + 1) // k] for i in range(k)]  # groups contiguous
         # The first mini-batch's "old" policy is the current one (detached in _update, no extra forward);
         # the later ones need the logprobs of the policy that generated the batch, taken before any update.
         old: dict[int, torch.Tensor] = {}
@@ -133,7 +139,7 @@ class PolicyTrainer:
         with torch.no_grad():
             for mb in minis[1:]:
                 old.update(self._logprobs(mb))
-        results = [self._update(mb, advantages, old if i else None) for i, mb in enumerate(minis)]
+        results = [self._update(mb, old if i else None) for i, mb in enumerate(minis)]
         out = {key: sum(r[key] for r in results) / len(results) for key in results[0]}  # per-update means
         for key in ("ratio_max", "ratio_dev_max", "logprob_gap_max", "grad_norm_max"):
             out[key] = max(r[key] for r in results)
@@ -151,11 +157,11 @@ class PolicyTrainer:
             out.update({id(s): row[:len(s.response_ids)] for s, row in zip(mb, logp)})
         return out
 
-    def _update(self, samples: list[Sample], advantages: dict[int, float], old_logprobs) -> dict[str, float]:
+    def _update(self, samples: list[Sample], old_logprobs) -> dict[str, float]:
         """One optimizer update on `samples`. `old_logprobs` (id(sample) -> [R]) are the PPO "old" policy; None =
         the current weights."""
         self.begin_update()
-        self.accumulate(samples, advantages, old_logprobs)
+        self.accumulate(samples, old_logprobs)
         return self.finish_update()
 
     def begin_update(self) -> None:
@@ -172,15 +178,15 @@ class PolicyTrainer:
                           gap_over=0.0, tis_mean=0.0, is_masked=0.0, tokens=0.0, seqs=0.0,
                           lr=self.train_cfg.lr * lr_scale)
 
-    def accumulate(self, samples: list[Sample], advantages: dict[int, float], old_logprobs=None) -> None:
-        """Add the gradients of `samples` (advantages keyed by id(sample)) to the update begun last."""
+    def accumulate(self, samples: list[Sample], old_logprobs=None) -> None:
+        """Add the gradients of `samples` (each with its `advantage`) to the update begun last."""
         sums, aggregate = self._sums, AGGREGATIONS[self.algo.loss_agg]
         sums["tokens"] += float(sum(sum(s.loss_mask) for s in samples))
         sums["seqs"] += float(len(samples))
         self.model.train()
         for mb in self._micro_batches(samples):
             ids, attn, targets, mask, behaviour, start = self._collate(mb)
-            adv = torch.tensor([advantages[id(s)] for s in mb], device=ids.device)  # [b]
+            adv = torch.tensor([s.advantage for s in mb], device=ids.device)  # [b]
             with self._compute(), self.load.tokens(attn):  # the router balance counts real tokens only
                 logp = response_logprobs(self.model, ids, attn, targets, start, self.temperature, self.base)  # [b, R]
             if old_logprobs is None:
@@ -190,7 +196,8 @@ class PolicyTrainer:
             else:
                 old = torch.zeros_like(logp)
                 for i, s in enumerate(mb):
-                    old[i, :len(s.response_ids)] = old_logprobs[id(s)]
+                    if id(s) in old_logprobs:  # not the blank micro-batch of a trainer group
+                        old[i, :len(s.response_ids)] = old_logprobs[id(s)]
             per_token, stats = policy_loss(logp, old, adv, self.algo.clip_low, self.algo.clip_high,
                                            self.algo.dual_clip)
             # The engine/trainer mismatch is corrected against the engine's logprobs (TIS or masked IS).
@@ -227,15 +234,17 @@ class PolicyTrainer:
 
     def finish_update(self) -> dict[str, float]:
         """Normalise the accumulated gradients, clip, step the optimizer and the router biases; returns metrics."""
-        sums = self._sums
+        # a trainer group's totals (the gradients are summed over its ranks: slide/cluster/fsdp.py)
+        sums = all_sum(self._sums, maxima=("ratio_max", "ratio_dev", "gap_max", "lr"))
         # every aggregation divides its sum by exactly one of the update's totals (see slide.algo.grpo)
         scale = 1.0 / max(LOSS_DIVISOR[self.algo.loss_agg](sums["tokens"], sums["seqs"]), 1.0)
         for param in self.model.parameters():
             if param.grad is not None:
                 param.grad.mul_(scale)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip)
+        grad_norm = scalar(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip))
         self.opt.step()
         self.updates += 1
+        all_sum_tensors(self.load.counts)  # every rank moves its (replicated) router biases alike
         balance = self.load.update_bias(self.router_bias_rate)
         self.model.eval()
         tokens = max(sums["tokens"], 1.0)
@@ -251,8 +260,16 @@ class PolicyTrainer:
         return {"optimizer": self.opt.state_dict(), "updates": self.updates,
                 "expert_counts": [c.clone() for c in self.load.counts]}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.opt.load_state_dict(state["optimizer"])
+    def load_state_dict(self, state: dict, ckpt=None) -> None:
+        """state: what state_dict returned; a trainer group's checkpoint keeps the optimizer sharded in
+        `ckpt`/trainer (slide/cluster/fsdp.py) instead, read here at this process's world size."""
+        from slide.cluster import fsdp
+        if "optimizer" not in state:
+            fsdp.load_sharded(self.model, self.opt, ckpt / fsdp.SHARDED_DIR, weights=False)
+        elif fsdp.sharded(self.model):  # a one-process checkpoint, resumed by a trainer group
+            fsdp.load_full_optimizer(self.model, self.opt, state["optimizer"])
+        else:
+            self.opt.load_state_dict(state["optimizer"])
         self.updates = state["updates"]
         for c, saved in zip(self.load.counts, state["expert_counts"]):
             c.copy_(saved)

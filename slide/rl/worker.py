@@ -61,10 +61,11 @@ class RolloutWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def load_weights(self, buckets: list[Bucket]) -> int:
+    def load_weights(self, buckets: list) -> int:
         """Apply one version's buckets (rollout.precision: fp8 payloads are dequantized here, on this worker's
-        device); returns bytes."""
-        return apply_buckets(self.engine, [b.to(self.device) for b in buckets])[0]
+        device), each a Bucket or, from a trainer group, an object-store ref to one; returns bytes."""
+        return apply_buckets(self.engine, ((ray.get(b) if isinstance(b, ray.ObjectRef) else b).to(self.device)
+                                           for b in buckets))[0]
 
     def rollout(self, problems: list[Problem], first_group: int):
         """(groups, counts: reward failures and engine batches/rows since the last call returned), or None when
@@ -119,7 +120,7 @@ class WorkerPool:
 
     def __init__(self, cfg: RLConfig, buckets: list[Bucket], device: str = "cpu"):
         self.cfg, self.device = cfg, device
-        self.buckets_ref, self.version = ray.put(buckets), buckets[0].version
+        self.buckets_ref = ray.put(buckets)
         self.workers = [start_worker(i, cfg, self.buckets_ref, device) for i in range(cfg.disagg.workers)]
         self.in_flight: dict = {}  # ObjectRef -> (worker index, problems, the actor it was sent to)
         self.requeue: list[Problem] = []  # problems to hand out again before fresh ones
@@ -171,12 +172,12 @@ class WorkerPool:
             return None
         return worker, *out
 
-    def push(self, buckets: list[Bucket]) -> float:
-        """Send one version's buckets to every worker (they apply them between calls); returns bytes per worker."""
-        self.buckets_ref, self.version = ray.put(buckets), buckets[0].version
+    def push(self, buckets: list) -> None:
+        """Send one version's buckets (Buckets, or object-store refs to them) to every worker; they apply them
+        between calls."""
+        self.buckets_ref = ray.put(buckets)
         for w in self.workers:
             w.load_weights.remote(self.buckets_ref)  # queued behind the calls already sent
-        return float(sum(b.nbytes for b in buckets))
 
     def outstanding(self) -> list[Problem]:
         """Problems handed out but not returned: saved with a checkpoint, re-queued on resume."""

@@ -1,0 +1,13 @@
+"""Scale-out: trainer ranks and rollout engines as Ray actors behind the one-process interfaces.
+
+placement.py      start or join Ray; one placement group per job (trainer bundles, engine bundles or colocated)
+collective.py     what trainer ranks agree on (metric sums, forward-pass counts); the identity in one process
+fsdp.py           FSDP2 sharding, bucket-by-bucket gathering of the weights, sharded checkpoints (DCP)
+rank.py           TrainerRank: one FSDP2 rank, a Ray actor holding its shard and a PolicyTrainer
+trainer_group.py  TrainerGroup: train.world_size ranks behind PolicyTrainer's methods
+engines.py        EngineActor, EngineGroup: rollout.engines engines behind the one-engine contract
+weights.py        the weight push when either side is actors: bucket refs through Ray's object store
+
+The drivers (slide/rl/sync.py, async_rl.py) never import this package: slide/rl/parts.py builds a group where
+the config asks for one, and a group of one is the one-process code path.
+"""

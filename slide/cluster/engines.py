@@ -1,0 +1,128 @@
+"""An engine group: N rollout engines as Ray actors behind the one-engine contract of slide/engine/.
+
+    engines = EngineGroup(cfg, placement, version=0)
+    engines.load(refs)                                     # one version's bucket refs (object store), every engine
+    groups = engines.generate(prompts, params, n=8, generator=gen)   # prompts shared out, results in order
+
+A generate call cuts its prompts into one contiguous share per engine (the sync driver's rollout, evaluation
+and agent turns all go through it unchanged). Each share samples from its own seed, drawn from the caller's
+generator, so a run is reproducible (and resumes exactly) for a given number of engines. An engine actor that
+dies is replaced: the new one loads the last version pushed and its share is generated again, from the same
+seed (counted in `engines_replaced`).
+"""
+from __future__ import annotations
+
+import os
+
+import ray
+import torch
+
+from slide.cluster.placement import Placement
+from slide.config import RLConfig
+from slide.device import generator as make_generator, precision_for, resolve_device
+from slide.engine import close_engine, make_engine, set_threads
+from slide.engine.inprocess import Completion, SamplingParams
+from slide.model.load import load_policy
+from slide.model.tokenizer import tokenizer_for
+from slide.weights.buckets import apply_buckets
+
+DEAD = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
+
+
+class EngineActor:
+    """One rollout engine (in-process or vLLM, rollout.engine) in its own process."""
+
+    def __init__(self, cfg: dict, index: int):
+        cfg = RLConfig.model_validate(cfg)
+        set_threads(cfg.rollout.engine_threads)
+        self.device = resolve_device("cuda" if cfg.cluster.rollout_gpus or
+                                     (cfg.cluster.colocate and cfg.cluster.trainer_gpus) else "cpu")
+        tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)
+        model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=self.device)  # the architecture
+        self.engine = make_engine(cfg.rollout.engine, model, tok.pad_token_id,
+                                  precision_for(cfg.rollout.precision, self.device), cfg.seed * 1009 + index)
+        self.engine.version = -1  # nothing pushed yet: any version is newer
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def version(self) -> int:
+        return self.engine.version
+
+    def load(self, refs: list) -> tuple[int, int]:
+        """Apply one version's buckets, fetched from the object store one by one; returns (bytes, buckets)."""
+        return apply_buckets(self.engine, (ray.get(r).to(self.device) for r in refs))
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams, n: int, seed: int) -> list[list[Completion]]:
+        return self.engine.generate(prompts, params, n, make_generator(self.device, seed))
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The engine's weights as it holds them (tests compare them with what was sent)."""
+        return {k: v.detach().cpu() for k, v in self.engine.model.state_dict().items()}
+
+    def close(self) -> None:
+        close_engine(self.engine)
+
+
+class EngineGroup:
+    """The driver's handle on the engine actors: generate, load and version, as one engine."""
+
+    def __init__(self, cfg: RLConfig, placement: Placement):
+        self.cfg, self.placement = cfg, placement
+        self.actors = [self._start(i) for i in range(placement.engines)]
+        self.refs: list | None = None  # the last version pushed (a replacement engine loads it)
+        self.version = -1
+        self.counts = {"engines_replaced": 0}
+        ray.get([a.pid.remote() for a in self.actors])  # built: start-up stays out of the first step
+
+    def _start(self, index: int):
+        return ray.remote(EngineActor).options(max_restarts=0, **self.placement.engine(index)).remote(
+            self.cfg.model_dump(mode="json"), index)
+
+    def _replace(self, index: int) -> None:
+        ray.kill(self.actors[index])
+        self.actors[index] = self._start(index)
+        if self.refs is not None:
+            ray.get(self.actors[index].load.remote(self.refs))
+        self.counts["engines_replaced"] += 1
+
+    def load(self, refs: list) -> tuple[int, int]:
+        """Every engine applies this version (an engine that died meanwhile is replaced with it); returns (bytes,
+        buckets) one engine received."""
+        self.refs = refs
+        calls = [a.load.remote(refs) for a in self.actors]
+        moved = (0, 0)
+        for i, call in enumerate(calls):
+            try:
+                moved = ray.get(call)
+            except DEAD:
+                self._replace(i)
+        self.version = ray.get(self.actors[0].version.remote())
+        return moved
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1,
+                 generator: torch.Generator | None = None) -> list[list[Completion]]:
+        k = len(self.actors)
+        cuts = [len(prompts) * i // k for i in range(k + 1)]
+        seeds = [int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator
+                                   else "cpu")) for _ in range(k)]
+        calls = {i: self.actors[i].generate.remote(prompts[cuts[i]:cuts[i + 1]], params, n, seeds[i])
+                 for i in range(k) if cuts[i + 1] > cuts[i]}
+        out: list[list[Completion]] = []
+        for i, call in calls.items():
+            while True:
+                try:
+                    out += ray.get(call)
+                    break
+                except DEAD:  # replaced, then its share again from the same seed on the same weights
+                    self._replace(i)
+                    call = self.actors[i].generate.remote(prompts[cuts[i]:cuts[i + 1]], params, n, seeds[i])
+        return out
+
+    def pop_counts(self) -> dict[str, int]:
+        counts, self.counts = self.counts, {"engines_replaced": 0}
+        return counts
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)

@@ -1,0 +1,128 @@
+"""A trainer group: train.world_size FSDP2 ranks (Ray actors, slide/cluster/rank.py) behind PolicyTrainer's methods.
+
+    trainer = TrainerGroup(cfg, ckpt)        # the ranks start in the run's placement group and shard the policy
+    stats = trainer.step(samples)            # each rank trains on its share; the update is the whole batch's
+    refs = trainer.publish(version, sync)    # the weights, gathered bucket by bucket, in the Ray object store
+    state = trainer.save(folder)             # sharded model+optimizer (DCP) and a consolidated HF folder
+
+The drivers call it as they call a PolicyTrainer. A batch is shared out in contiguous, token-balanced parts;
+every rank sums its gradients and metric sums with the others, so the update equals one process's on the
+whole batch (up to float summation order). A rank that dies ends the run: TrainerRankDied names it and the
+last checkpoint to resume from (the survivors' collectives cannot go on without it).
+"""
+from __future__ import annotations
+
+import socket
+
+import ray
+
+from slide.cluster.placement import Placement, start_ray
+from slide.cluster.rank import TrainerRank
+from slide.config import RLConfig
+from slide.errors import RunStopped
+from slide.rl.sample import Sample
+from slide.weights.buckets import WeightSync
+
+
+class TrainerRankDied(RunStopped):
+    """A trainer rank's process is gone; the run ends and resumes from its last checkpoint."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def share(samples: list[Sample], rank: int, size: int) -> list[Sample]:
+    """Rank `rank`'s contiguous part of `samples`, cut where the running token count crosses rank/size of the
+    total (each rank trains about as many tokens). The same cuts on every call: the group's split is a partition."""
+    tokens = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
+    total, cuts, acc = sum(tokens), [0], 0
+    for i, t in enumerate(tokens):
+        acc += t
+        while len(cuts) < size and acc * size >= total * len(cuts):
+            cuts.append(i + 1)
+    cuts += [len(samples)] * (size + 1 - len(cuts))
+    return samples[cuts[rank]:cuts[rank + 1]]
+
+
+class TrainerGroup:
+    def __init__(self, cfg: RLConfig, ckpt=None, placement: Placement | None = None):
+        start_ray(cfg)
+        self.placement = placement or Placement.for_run(cfg)
+        self.size = cfg.train.world_size
+        address, port = ray.util.get_node_ip_address(), free_port()
+        remote = ray.remote(TrainerRank)
+        self.ranks = [remote.options(max_restarts=0, **self.placement.trainer(r)).remote(
+            cfg.model_dump(mode="json"), r, self.size, address, port, str(ckpt) if ckpt else None)
+            for r in range(self.size)]
+        self._all([r.pid.remote() for r in self.ranks])
+        self._temperature = cfg.rollout.temperature
+
+    def _all(self, calls: list):
+        """Wait for one call on every rank; a dead rank is TrainerRankDied at once (the others, stuck in a
+        collective that waits for it, are stopped)."""
+        pending = list(calls)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                self.close()
+                lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+                cause = lines[-1][:200] if "creation task" in str(e) else type(e).__name__  # its __init__ raised
+                raise TrainerRankDied(f"trainer rank {calls.index(done[0])} of {self.size} died ({cause}); the run "
+                                      "stops: resume it from its last checkpoint with `slide rl --resume RUN_DIR`"
+                                      ) from None
+        return ray.get(calls)
+
+    def _each(self, method: str, *args) -> list:
+        return self._all([getattr(r, method).remote(*args) for r in self.ranks])
+
+    def _shared(self, method: str, samples: list[Sample]) -> list:
+        return self._all([getattr(r, method).remote(share(samples, i, self.size)) for i, r in enumerate(self.ranks)])
+
+    # PolicyTrainer's methods (every rank returns the same metrics: they are summed over the group)
+    def step(self, samples: list[Sample]) -> dict[str, float]:
+        return self._shared("step", samples)[0]
+
+    def begin_update(self) -> None:
+        self._each("begin_update")
+
+    def accumulate(self, samples: list[Sample]) -> None:
+        self._shared("accumulate", samples)
+
+    def finish_update(self) -> dict[str, float]:
+        return self._each("finish_update")[0]
+
+    @property
+    def updates(self) -> int:
+        return self._all([self.ranks[0].updates.remote()])[0]
+
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        if value != self._temperature:
+            self._each("set_temperature", value)
+            self._temperature = value
+
+    def load_state_dict(self, state: dict, ckpt) -> None:
+        self._each("load_state", state, str(ckpt))
+
+    # weights out, checkpoints
+    def publish(self, version: int, sync: WeightSync) -> tuple[list, int]:
+        """One version's buckets in the Ray object store (refs, in order), gathered from the shards; their bytes."""
+        return self._each("publish", version, sync.precision, sync.bucket_mb)[0]
+
+    def save(self, folder) -> dict:
+        """Write `folder`/trainer (every rank's shards) and `folder`/model (rank 0); returns the trainer state."""
+        return self._each("save", str(folder))[0]
+
+    def close(self) -> None:
+        for r in self.ranks:
+            ray.kill(r)
+

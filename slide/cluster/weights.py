@@ -1,0 +1,30 @@
+"""Weights from the trainer to engines when either side is Ray actors: one version's buckets in the object store.
+
+A trainer group gathers each bucket from its shards and puts it there (rank 0); a one-process trainer puts its
+own. An engine group's actors each read the refs and apply the version when complete (slide/weights/buckets.py
+WeightReceiver: all or nothing); an engine in the driver's process reads them here. Only refs cross the
+driver, never a tensor of the model.
+"""
+from __future__ import annotations
+
+import time
+
+import ray
+
+from slide.cluster.engines import EngineGroup
+from slide.weights.buckets import WeightSync, apply_buckets
+
+
+def push(sync: WeightSync, source, engine, version: int) -> dict[str, float]:
+    """`source` (a TrainerGroup, or a one-process policy module) -> `engine` (an EngineGroup, or an engine in
+    this process) as `version`; sync stats (bytes and buckets one engine received, seconds of the whole push)."""
+    t0 = time.perf_counter()
+    if hasattr(source, "publish"):
+        refs, _ = source.publish(version, sync)
+    else:
+        refs = [ray.put(b.to("cpu")) for b in sync.buckets(source, version)]
+    if isinstance(engine, EngineGroup):
+        moved, count = engine.load(refs)
+    else:
+        moved, count = apply_buckets(engine, (ray.get(r) for r in refs))
+    return {"sync/bytes": moved, "sync/buckets": count, "sync/seconds": time.perf_counter() - t0}
