@@ -10,9 +10,10 @@ group with no fresh token left is dropped; both counted), and trains on each as 
 update per step, its gradient accumulated group by group, so training overlaps the wait for the step's
 later groups), or, with train.updates_per_step = k > 1, once all the step's groups are in: the proximal
 logprobs (the trainer's weights now) are computed once, then k mini-batch updates each clip against them
-(AReaL's decoupled PPO with algo.importance=decoupled: a trust region for stale samples); the workers are fed up to (max_staleness + 1) x prompts_per_step groups ahead of the trainer,
-as AReaL bounds its rollouts; weights go out every `sync_interval` steps through the Ray object store; the
-importance ratio uses the behaviour policy's logprobs recorded by the engine, truncated (TIS), so stale
+(AReaL's decoupled PPO with algo.importance=decoupled: a trust region for stale samples); the workers are
+fed up to (max_staleness + 1) x prompts_per_step groups ahead of the trainer, as AReaL bounds its rollouts;
+weights go out every `sync_interval` steps through the Ray object store; the importance ratio uses the
+behaviour policy's logprobs recorded by the engine (truncated by default, TIS; algo.importance), so stale
 samples are corrected as far as the cap allows. Finished groups are on disk until a checkpoint covers them
 (slide/rl/group_store.py): a killed run trains them first on resume, or counts them dropped; groups.jsonl says
 what became of every group.
