@@ -60,7 +60,10 @@ class TrainSpec(Section):
                                                    "training moves the experts, not which experts a token uses")
     updates_per_step: int = Field(1, ge=1, description="optimizer updates per rollout batch: 1 = on-policy; k > 1 "
                                                        "splits the batch into k mini-batches of whole groups, "
-                                                       "clipped against the rollout policy (PPO-style)")
+                                                       "clipped against the weights before the first (PPO-style: "
+                                                       "the rollout policy in sync mode, the proximal policy in "
+                                                       "async, where the step then trains once all its groups "
+                                                       "are in instead of each as it arrives)")
     warmup_steps: int = Field(0, ge=0)
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="trainer compute: bf16 = autocast forward/backward, fp32 master weights and AdamW state "
@@ -134,13 +137,19 @@ class AlgoSpec(Section):
     clip_high: float = Field(0.28, ge=0, description="clip-higher: upper ratio bound 1 + clip_high")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the initial policy; GLM uses none")
-    importance: Literal["tis", "mis", "none"] = Field(
-        "tis", description="correction of the engine-vs-trainer mismatch, per token, vs the engine's logprobs: tis = "
-                           "weight min(ratio, tis_cap); mis = masked IS (IcePop, GLM-5's double-sided masking): "
-                           "weight ratio inside [1/mis_bound, mis_bound], token dropped outside; none")
+    importance: Literal["tis", "mis", "decoupled", "none"] = Field(
+        "tis", description="correction of the engine-vs-trainer mismatch, per token, by the ratio of the trainer's "
+                           "pre-step logprobs to the engine's: tis = weight min(ratio, tis_cap); mis = masked IS "
+                           "(IcePop, GLM-5's double-sided masking): weight ratio inside [1/mis_bound, mis_bound], "
+                           "token dropped outside; decoupled = AReaL's decoupled PPO for stale async samples: the "
+                           "clip is against the proximal policy (the trainer's weights before the step's first "
+                           "update), the weight is ratio where <= decoupled_cap, token dropped above; a trust "
+                           "region only with train.updates_per_step > 1 (with one update it is a masked TIS); none")
     tis_cap: float = Field(2.0, gt=0, description="truncated importance weight cap vs the engine's logprobs")
     mis_bound: float = Field(2.0, gt=1, description="mis: tokens whose engine/trainer ratio is outside "
                                                     "[1/mis_bound, mis_bound] are masked")
+    decoupled_cap: float = Field(5.0, gt=1, description="decoupled: tokens whose proximal/behaviour ratio exceeds "
+                                                        "this are dropped (AReaL's behav_imp_weight_cap)")
     dual_clip: float | None = Field(None, gt=1, description="dual-clip PPO: cap a negative-advantage token's loss at "
                                                             "dual_clip * |A| however far its ratio ran (None = off)")
     gap_threshold: float = Field(0.1, gt=0, description="log the share of tokens whose engine-vs-trainer logprob "
@@ -287,8 +296,6 @@ class RLConfig(Section):
                                                ("temperature.dynamic", self.temperature.dynamic),
                                                ("rollout.length_stages", bool(self.rollout.length_stages)),
                                                ("rollout.force_answer", self.rollout.force_answer),
-                                               # async trains each group as it arrives: one update per step
-                                               ("train.updates_per_step > 1", self.train.updates_per_step > 1),
                                                ("rollout.engine=vllm", self.rollout.engine == "vllm")] if on]
             if sync_only:
                 raise ValueError(f"{', '.join(sync_only)}: supported with mode=sync only (for now)")

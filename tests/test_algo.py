@@ -6,6 +6,7 @@ import torch
 
 from slide.algo.grpo import (
     AGGREGATIONS,
+    decoupled_weights,
     group_advantages,
     kl_k3,
     masked_is_weights,
@@ -138,6 +139,52 @@ def test_masked_is_weights_drop_both_sides():
     w = masked_is_weights(old, beh, bound=2.0)
     torch.testing.assert_close(w, torch.tensor([[0.0, 1.9, 0.55, 0.0, 1.0, 0.0]]))
     assert w.grad_fn is None
+
+
+def test_decoupled_clips_against_the_proximal_policy():
+    """Decoupled PPO: ratio to the proximal policy (prox = 0 here), weight prox/behaviour (cap 5, clip 0.2/0.28).
+    Token 0 (A=+1): ratio 1.1 to prox, in range, so it trains, weighted 2; against its stale behaviour policy
+    (ratio 2.2) plain PPO would have clipped it. Token 1 (A=+1, ratio 1.5 > 1.28) and token 2 (A=-1, ratio
+    0.7 < 0.8) are clipped against prox: loss -1.28 and 0.8, no gradient. Token 3 (A=+1, ratio 1.1, weight 0.5):
+    loss -0.55. Gradient of -r*A*w in logp is -r*A*w: -2.2, 0, 0, -0.55."""
+    logp = torch.log(torch.tensor([[1.1, 1.5, 0.7, 1.1]])).requires_grad_()
+    prox = torch.zeros(1, 4)
+    behaviour = torch.log(torch.tensor([[0.5, 1.0, 1.0, 2.0]]))
+    adv = torch.tensor([[1.0, 1.0, -1.0, 1.0]])
+    loss, stats = policy_loss(logp, prox, adv, 0.2, 0.28)
+    w = decoupled_weights(prox, behaviour, cap=5.0)
+    torch.testing.assert_close(w, torch.tensor([[2.0, 1.0, 1.0, 0.5]]))
+    objective = loss * w
+    torch.testing.assert_close(objective.detach(), torch.tensor([[-2.2, -1.28, 0.8, -0.55]]))
+    assert stats["clipped"].tolist() == [[False, True, True, False]]
+    _, against_behaviour = policy_loss(logp, behaviour, adv, 0.2, 0.28)
+    assert against_behaviour["clipped"][0, 0]  # the coupled objective would have thrown token 0's gradient away
+    token_mean(objective, torch.ones(1, 4), 4.0, 1.0).backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-2.2, 0.0, 0.0, -0.55]]) / 4)
+
+
+def test_decoupled_weights_drop_tokens_above_the_cap():
+    # prox/behaviour ratios 4.9 (kept), 5.1 (dropped), e^1000 (dropped, no overflow), 0.01 (kept: only shrinks);
+    # TIS with the same cap keeps all four, the two large ones at 5
+    behaviour = torch.zeros(1, 4)
+    prox = torch.log(torch.tensor([[4.9, 5.1, 1.0, 0.01]]))
+    prox[0, 2] = 1000.0
+    w = decoupled_weights(prox.requires_grad_(), behaviour, cap=5.0)
+    torch.testing.assert_close(w, torch.tensor([[4.9, 0.0, 0.0, 0.01]]))
+    assert w.grad_fn is None
+    torch.testing.assert_close(tis_weights(prox, behaviour, cap=5.0), torch.tensor([[4.9, 5.0, 5.0, 0.01]]))
+
+
+def test_decoupled_is_plain_ppo_on_fresh_samples():
+    """Behaviour == proximal (an on-policy sample): every weight is 1 and the objective is policy_loss's."""
+    torch.manual_seed(0)
+    prox = torch.randn(3, 5)
+    logp = prox + 0.3 * torch.randn(3, 5)
+    adv = torch.randn(3)
+    loss, _ = policy_loss(logp, prox, adv, 0.2, 0.28)
+    w = decoupled_weights(prox, prox, cap=5.0)
+    assert torch.equal(w, torch.ones(3, 5))
+    torch.testing.assert_close(loss * w, loss)
 
 
 def test_dual_clip_caps_negative_advantage_tokens():

@@ -225,36 +225,40 @@ def test_kill_and_resume_through_the_cli(sft_init, tmp_path):
 
 
 def test_reward_rises_with_stale_samples(sft_init, ray_session, tmp_path):
-    """The JSONL "answer 7" task of test_rl.py in async mode: training on groups up to one version old
-    (importance-corrected) still lifts the reward from the SFT start.
+    """The JSONL "answer 7" task of test_rl.py in async mode: training on groups up to one version old lifts the
+    reward from the SFT start at lr 2e-4, where the TIS cap alone has collapsed runs, with decoupled PPO's trust
+    region (algo.importance=decoupled, two mini-batch updates per step clipped against the proximal policy).
 
-    Calibration (2026-11-29, 2 busy cores, 20-70 s a run; timing changes which groups make a batch, so a
-    seed does not fix the run). lr 3e-4, 12 steps: mean reward of steps 1-4 -> last 4 went 0.27 -> 0.73 /
-    0.71 / 0.71, 0.19 -> 0.84, 0.20 -> 0.48 on a quiet machine, but with a second async run beside it one of
-    three collapsed (0.29 -> 0.31, held-out 0.15), as did one CI run (0.31 -> 0.32). lr 2e-4, 16 steps (used
-    here), beside a second run: 0.22 -> 0.80, 0.22 -> 0.79, 0.20 -> 0.59, held-out greedy pass@1 1.0 each.
-    At lr 4e-4 and 6e-4, 3 of 9 runs missed, two by collapsing to reward ~0 right after logprob_gap_mean
-    (stale behaviour policy vs trainer) reached 1-1.7 nats/token.
-    2026-11-30, a faster machine (Intel with AMX; steps of 0.5-1 s): lr 2e-4 failed 2 of 9 runs, one CI run
-    collapsing at step 8 (0.44 -> 0.05, held-out 0.0), one falling back (0.5 -> 0.33, held-out 0.15). lr 1e-4,
-    20 steps (used here), 5 runs in a row: 0.11 -> 0.55, 0.12 -> 0.55, 0.22 -> 0.68, 0.12 -> 0.69, 0.18 -> 0.66;
-    held-out 0.5, 1.0, 1.0, 0.9, 0.9.
+    Calibration with decoupled PPO (2026-12-02, 2-core AMD EPYC, the test's config and seed; timing changes which
+    groups make a batch, so a seed does not fix the run; 42-165 s a run beside other jobs): the reward rose in
+    12 of 12 runs, mean of steps 1-4 -> last 4: 0.13 -> 0.83, 0.22 -> 0.84, 0.17 -> 0.66, 0.18 -> 0.80,
+    0.19 -> 0.92, 0.19 -> 0.69, 0.15 -> 0.86, 0.18 -> 0.71, 0.16 -> 0.78, 0.23 -> 0.78, 0.16 -> 0.71,
+    0.15 -> 0.77; held-out greedy pass@1 >= 0.75 in 11 of 12 (one run 0.05: its sampled reward rose to 0.66
+    but the greedy answer had not switched yet). clipfrac 1-4% per step, decoupled_cap dropped 0-0.5% of
+    tokens. TIS alone at lr 2e-4, same config and day: 3 of 3 rose (0.21 -> 0.77, 0.19 -> 0.72, 0.09 -> 0.71).
+    Earlier records of TIS alone: lr 2e-4 failed 2 of 9 runs on a 2-core Intel with AMX (2026-11-30; one
+    collapse at step 8, 0.44 -> 0.05, held-out 0.0), 0 of 3 here (2026-11-29); lr 3e-4 to 6e-4 failed 1 of 3 to
+    3 of 9, collapsing to reward ~0 right after logprob_gap_mean (stale behaviour policy vs trainer) reached
+    1-1.7 nats/token; so lr 1e-4 was used until now. The async benchmark (benchmarks/async_corrections.py,
+    max_staleness 3) compares the corrections over seeds.
     """
     data = tmp_path / "seven.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"What is {a}+{b}?", "answer": 7}) + "\n"
                             for a in range(10) for b in range(10)))
     cfg, path = run_async(tmp_path, "seven", f"model.init={sft_init}", f"data.train={data}", "steps=20",
                           "eval_every=0", "rollout.prompts_per_step=4", "rollout.n=8", "rollout.max_new_tokens=40",
-                          "train.lr=1e-4", "data.eval_prompts=20", "seed=1", "disagg.workers=2",
-                          "disagg.max_staleness=1")
+                          "train.lr=2e-4", "data.eval_prompts=20", "seed=1", "disagg.workers=2",
+                          "disagg.max_staleness=1", "algo.importance=decoupled", "train.updates_per_step=2")
     rows = read(path / "metrics.jsonl")
     check_rows(cfg, rows)
     assert any(r["staleness_max"] == 1 for r in rows)  # it did train on samples of the previous policy
+    assert all(r["updates"] == 2 for r in rows) and sum(r["clipfrac"] for r in rows) > 0  # the trust region bound
     first = sum(r["reward_mean"] for r in rows[:4]) / 4
     last = sum(r["reward_mean"] for r in rows[-4:]) / 4
     assert last > first + 0.15, (first, last)
     # held-out prompts of the same dataset, greedy; the SFT start answers a+b, i.e. 7 on 8 of the 100 prompts.
-    # Seen: 0.5-1.0 (timing decides which groups train); 0.4 is five times the start.
+    # Seen: 0.75-1.0 in 11 of 12 calibration runs, 0.05 in one (timing decides which groups train); 0.4 is five
+    # times the start.
     assert rows[-1]["eval_pass@1"] >= 0.4
     assert audit(cfg, path) == 0  # no worker died, nothing aborted: every handed-out group came back
 

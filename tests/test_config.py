@@ -61,9 +61,12 @@ def test_config_is_frozen():
         cfg.steps = 3
 
 
-def test_async_takes_one_update_per_step():
-    """The async driver accumulates each group's gradient as it arrives into one update: PPO mini-batches
-    (train.updates_per_step > 1) are a sync-mode option, named in the error."""
-    with pytest.raises(UserError, match=r"train.updates_per_step > 1: supported with mode=sync only"):
-        load_config(RLConfig, None, ["mode=async", "train.updates_per_step=2"])
-    assert load_config(RLConfig, None, ["train.updates_per_step=2"]).train.updates_per_step == 2
+def test_async_takes_several_updates_per_step_and_decoupled_ppo():
+    """Async mode trains k mini-batch updates per step (decoupled PPO's trust region needs them); the behaviour
+    weight cap of decoupled PPO must exceed 1, named in a one-line error."""
+    cfg = load_config(RLConfig, None, ["mode=async", "train.updates_per_step=2", "algo.importance=decoupled"])
+    assert (cfg.train.updates_per_step, cfg.algo.importance, cfg.algo.decoupled_cap) == (2, "decoupled", 5.0)
+    with pytest.raises(UserError, match=r"algo.decoupled_cap: Input should be greater than 1"):
+        load_config(RLConfig, None, ["algo.importance=decoupled", "algo.decoupled_cap=0.5"])
+    with pytest.raises(UserError, match=r"algo.importance: Input should be 'tis', 'mis', 'decoupled' or 'none'"):
+        load_config(RLConfig, None, ["algo.importance=proximal"])

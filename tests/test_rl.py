@@ -1,5 +1,6 @@
 """End-to-end RL on the test-size model: learning, parity, resume = uninterrupted, HF-loadable output."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -162,21 +163,19 @@ def test_one_update_moves_logprobs_in_the_advantage_direction(tmp_path):
     assert seq_logp(good) > before[0] and seq_logp(bad) < before[1]
 
 
-def test_mini_batch_updates_clip_against_the_rollout_policy():
-    """updates_per_step=2: two optimizer updates on halves of the batch (whole groups); the second half's
-    ratio is taken against the logprobs from before the first update (so it is no longer exactly 1), and
-    both halves still move in their advantages' direction."""
-    from slide.config import AlgoSpec, TrainSpec
+def two_update_trainer(algo):
+    """A test-size PolicyTrainer with two updates per step (lr 1e-3, no weight decay), a batch of four one-sample
+    groups with advantages +1, -1, +1, -1, and seq_logp(sample): its response logprobs under the current weights."""
+    from slide.config import TrainSpec
     from slide.model.tiny import build_model, tiny_config
     from slide.model.tokenizer import load_tokenizer
     from slide.rl.sample import Sample
     from slide.rl.trainer import PolicyTrainer, collate, response_logprobs
     from slide.tasks.base import Problem
 
-    tok = load_tokenizer()
-    model = build_model(tiny_config("test", tok), seed=0)
-    trainer = PolicyTrainer(model, TrainSpec(lr=1e-3, updates_per_step=2), AlgoSpec(), temperature=1.0, pad_id=0,
-                            router_bias_rate=0.0)
+    model = build_model(tiny_config("test", load_tokenizer()), seed=0)
+    trainer = PolicyTrainer(model, TrainSpec(lr=1e-3, updates_per_step=2, weight_decay=0.0), algo, temperature=1.0,
+                            pad_id=0, router_bias_rate=0.0)
     prob = Problem(prompt="q", answer="1", family="f", level=1)
     batch = [Sample([1, 2, 4, 18, 30], resp, [1] * len(resp), [0.0] * len(resp), 0, prob, 0)
              for resp in ([40, 41, 42], [50, 51], [43, 44], [52, 53, 54])]
@@ -188,6 +187,15 @@ def test_mini_batch_updates_clip_against_the_rollout_policy():
         with torch.no_grad():
             return response_logprobs(model, ids, attn, targets, start, 1.0)[0]
 
+    return trainer, batch, seq_logp
+
+
+def test_mini_batch_updates_clip_against_the_rollout_policy():
+    """updates_per_step=2: two optimizer updates on halves of the batch (whole groups); the second half's
+    ratio is taken against the logprobs from before the first update (so it is no longer exactly 1), and
+    both halves still move in their advantages' direction."""
+    from slide.config import AlgoSpec
+    trainer, batch, seq_logp = two_update_trainer(AlgoSpec())
     before = [seq_logp(s) for s in batch]
     for s, lp in zip(batch, before):
         s.behaviour_logprobs = lp.tolist()
@@ -197,6 +205,27 @@ def test_mini_batch_updates_clip_against_the_rollout_policy():
     after = [seq_logp(s) for s in batch]
     for s, b, a in zip(batch, before, after):
         assert (a.sum() > b.sum()) == (s.advantage > 0)
+
+
+def test_decoupled_drops_tokens_a_stale_engine_found_far_less_likely():
+    """algo.importance=decoupled, two updates per step: samples whose recorded (behaviour) logprobs are log(10)
+    below the trainer's (proximal/behaviour ratio 10 > decoupled_cap 5) are dropped from the loss, so the model
+    does not move; the same batch with fresh behaviour logprobs trains (TIS would have kept the stale ones,
+    weighted 2)."""
+    from slide.config import AlgoSpec
+    trainer, batch, seq_logp = two_update_trainer(AlgoSpec(importance="decoupled"))
+    before = [seq_logp(s) for s in batch]
+    for s, lp in zip(batch, before):
+        s.behaviour_logprobs = (lp - math.log(10)).tolist()  # stale: the engine found each token 10x less likely
+    stats = trainer.step(batch)
+    assert stats["updates"] == 2 and stats["is_masked_frac"] == 1.0
+    assert all(torch.equal(seq_logp(s), b) for s, b in zip(batch, before))
+    for s, lp in zip(batch, before):
+        s.behaviour_logprobs = lp.tolist()  # fresh
+    stats = trainer.step(batch)
+    assert stats["is_masked_frac"] == 0.0
+    for s, b in zip(batch, before):
+        assert (seq_logp(s).sum() > b.sum()) == (s.advantage > 0)
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])

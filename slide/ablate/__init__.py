@@ -1,6 +1,6 @@
-"""`slide ablate NAME`: the GLM-4.5 RL lessons, each reproduced by one command that runs both arms.
+"""`slide ablate NAME`: the GLM-4.5 RL lessons and the importance corrections, each one command that runs every arm.
 
-Names: token-mean, single-stage, curriculum, data-quality, temperature (slide/ablate/specs.py).
+Names: token-mean, single-stage, curriculum, data-quality, temperature, importance (slide/ablate/specs.py).
 """
 from slide.ablate.specs import ABLATIONS
 

@@ -1,4 +1,4 @@
-"""An ablation's report: held-out pass@1 vs step for both arms (every seed shown, the mean in bold), a side
+"""An ablation's report: held-out pass@1 vs step for every arm (every seed shown, the mean in bold), a side
 metric from training, and a JSON table with each arm's score (mean of the last 3 evaluations per seed).
 
 The last-3 mean is the score because held-out accuracy of a tiny model swings by 10-20 points between
@@ -100,10 +100,12 @@ def write_report(ablation, runs: dict, status: dict, here: Path, wall_s: float) 
     if margin == 0:
         winner = None  # a tie
     per_seed_agree = None
-    if winner and len(table) == 2:
-        other = next(a for a in table if a != winner)
-        pairs = [(table[winner]["score_per_seed"][s], table[other]["score_per_seed"][s]) for s in data[winner]]
-        per_seed_agree = sum(w is not None and o is not None and w > o for w, o in pairs)
+    if winner:  # the seeds on which the winner beats every other arm
+        others = [a for a in table if a != winner]
+        per_seed_agree = sum(all(table[winner]["score_per_seed"][s] is not None
+                                 and table[o]["score_per_seed"].get(s) is not None
+                                 and table[winner]["score_per_seed"][s] > table[o]["score_per_seed"][s]
+                                 for o in others) for s in data[winner])
     verdict = _verdict(winner, ablation.expected, per_seed_agree, len(next(iter(data.values()))), margin)
     line = (f"ablate {ablation.name}: " + ", ".join(f"{a} {v:.3f}" for a, v in scored.items())
             + (f" -> {winner} by {margin:.3f} (wins on {per_seed_agree}/{len(data[winner])} seeds)" if winner else "")

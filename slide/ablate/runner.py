@@ -1,4 +1,4 @@
-"""Run one ablation: a shared cold-start checkpoint, then both arms x seeds as `slide rl` runs, then the report.
+"""Run one ablation: a shared cold-start checkpoint, then every arm x seed as `slide rl` runs, then the report.
 
     slide ablate token-mean                       # ~15 min on 2 cores; runs/ablate/token-mean/{report.png,report.json}
     slide ablate curriculum --seeds 0 1 2         # more seeds

@@ -1,7 +1,8 @@
-"""The five GLM-4.5 RL lessons as ablations: what each compares, on which data, and what the paper found.
+"""The five GLM-4.5 RL lessons as ablations, and the importance corrections (GLM-5, AReaL): what each compares, on
+which data, and what the paper found.
 
-Every ablation starts both arms from the same cold-start checkpoint (test-size tiny GLM, SFT on
-arithmetic:1-4 stopped at ~30% held-out pass@1) and differs in exactly the overrides of its arms.
+Every ablation starts all its arms from the same cold-start checkpoint (test-size tiny GLM, SFT on
+arithmetic:1-4 stopped at ~30% held-out pass@1) and its arms differ in exactly their overrides.
 Nothing here is tuned to make an arm win: the shared settings are the project's RL defaults at a
 size that fits ~20 minutes on 2 cores.
 """
@@ -19,7 +20,7 @@ class Ablation:
     finding: str  # the paper's claim, in one line
     expected: str  # the arm the paper says wins
     arms: dict[str, list[str]]  # arm label -> `slide rl` overrides
-    common: list[str] = field(default_factory=list)  # overrides shared by both arms
+    common: list[str] = field(default_factory=list)  # overrides shared by every arm
     side_metric: str = "reward_mean"  # second panel of the plot (from metrics.jsonl)
     steps: int = 40
 
@@ -82,4 +83,14 @@ ABLATIONS = {a.name: a for a in [
         arms={"fixed": [], "dynamic": ["temperature.dynamic=true", "temperature.window=5",
                                        "temperature.eval_prompts=48", "temperature.eval_k=4"]},
         common=[f"data.train={BASE_TASK}"], side_metric="temperature"),
+    Ablation(
+        "importance",
+        finding="with bf16 rollout of an MoE, GLM-5 masks the tokens whose engine/trainer ratio leaves [1/2, 2] "
+                "(IcePop) rather than capping the weight (TIS); AReaL clips against a proximal policy",
+        expected="mis",
+        # two updates per step in every arm, so decoupled's clip against the proximal policy has work to do
+        arms={"tis": ["algo.importance=tis"], "mis": ["algo.importance=mis"],
+              "decoupled": ["algo.importance=decoupled"], "none": ["algo.importance=none"]},
+        common=[f"data.train={BASE_TASK}", "rollout.precision=bf16", "train.updates_per_step=2"],
+        side_metric="logprob_gap_mean"),
 ]}

@@ -1,5 +1,5 @@
 """GRPO pieces as pure tensor functions: group advantages, clipped surrogate, k3 KL, importance weights (TIS,
-masked IS), aggregation.
+masked IS, decoupled PPO's behaviour weight), aggregation.
 
 Shapes: G groups of n samples; B sequences of T tokens. Every function takes its inputs explicitly and
 returns tensors; masking and aggregation over tokens are left to the aggregation functions below.
@@ -104,6 +104,22 @@ def masked_is_weights(old_logp: Tensor, behaviour_logp: Tensor, bound: float) ->
     with torch.no_grad():
         log_w = (old_logp - behaviour_logp).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)  # [B, T]
         return torch.where(log_w.abs() <= math.log(bound), torch.exp(log_w), torch.zeros_like(log_w))  # [B, T]
+
+
+def decoupled_weights(prox_logp: Tensor, behaviour_logp: Tensor, cap: float) -> Tensor:
+    """Decoupled PPO's behaviour weight (AReaL, Fu et al. 2025), without grad: exp(prox_logp - behaviour_logp)
+    where it is at most `cap`, 0 above (the token is not trained), as AReaL's behav_imp_weight_cap filters.
+
+    prox_logp: [B, T] the proximal policy's logprobs (the trainer's weights when the sample is trained, before
+    this step's first update); behaviour_logp: [B, T] the engine's, recorded when the (possibly stale) sample was
+    made. The objective is policy_loss(logp, prox_logp, ...) * decoupled_weights(prox_logp, behaviour_logp, cap):
+    the PPO clip is a trust region around the proximal policy, however old the behaviour policy, and the weight
+    corrects for sampling from the behaviour policy. A token whose weight is far above 1 is one the trainer now
+    likes much more than the stale engine did: its one sample says little, so it is dropped, not truncated (TIS)
+    and kept. Small weights are kept as they are (they only shrink the token's gradient)."""
+    with torch.no_grad():
+        log_w = (prox_logp - behaviour_logp).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)  # [B, T]
+        return torch.where(log_w <= math.log(cap), torch.exp(log_w), torch.zeros_like(log_w))  # [B, T]
 
 
 def _select(x: Tensor, mask: Tensor) -> Tensor:

@@ -8,9 +8,12 @@ The diff from sync.py: rollout happens in worker processes, continuously; the tr
 finished groups instead of generating them (the turns of an episode older than the bound are masked, a
 group with no fresh token left is dropped; both counted), and trains on each as it arrives (one optimizer
 update per step, its gradient accumulated group by group, so training overlaps the wait for the step's
-later groups); the workers are fed up to (max_staleness + 1) x prompts_per_step groups ahead of the trainer,
-as AReaL bounds its rollouts; weights go out every `sync_interval` steps through the Ray object store; the
-importance ratio uses the behaviour policy's logprobs recorded by the engine, truncated (TIS), so stale
+later groups), or, with train.updates_per_step = k > 1, once all the step's groups are in: the proximal
+logprobs (the trainer's weights now) are computed once, then k mini-batch updates each clip against them
+(AReaL's decoupled PPO with algo.importance=decoupled: a trust region for stale samples); the workers are
+fed up to (max_staleness + 1) x prompts_per_step groups ahead of the trainer, as AReaL bounds its rollouts;
+weights go out every `sync_interval` steps through the Ray object store; the importance ratio uses the
+behaviour policy's logprobs recorded by the engine (truncated by default, TIS; algo.importance), so stale
 samples are corrected as far as the cap allows. Finished groups are on disk until a checkpoint covers them
 (slide/rl/group_store.py): a killed run trains them first on resume, or counts them dropped; groups.jsonl says
 what became of every group.
@@ -140,9 +143,12 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
             t_step = time.perf_counter()
             dog.at_step(step, boundary(step))
             version = step - 1  # the policy this step's update starts from
-            # 1-3. train on groups as they finish (one optimizer update, gradients accumulated group by group,
-            # so the trainer computes while the workers still write this step's later groups); drop stale ones
-            trainer.begin_update()
+            # 1-3. one update: train on groups as they finish (gradients accumulated group by group, so the trainer
+            # computes while the workers still write this step's later groups); k updates: train once all are in
+            # (trainer.step: proximal logprobs, then k mini-batch updates). Drop stale groups.
+            stream = cfg.train.updates_per_step == 1
+            if stream:
+                trainer.begin_update()
             while len(batch) < P:
                 feed(len(batch))
                 while collect(timeout_s=0):  # everything finished by now, without waiting
@@ -160,8 +166,9 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
                     groups, ready = ready[:take], ready[take:]
                     consume(groups, "trained")
                     set_advantages(groups, cfg.algo.scale_adv_by_std)
-                    with timer("train"):  # the behaviour policy's samples, TIS against their recorded logprobs
-                        trainer.accumulate([s for g in groups for s in g])
+                    if stream:
+                        with timer("train"):  # the behaviour policy's samples, corrected against their logprobs
+                            trainer.accumulate([s for g in groups for s in g])
                     batch += groups
                 elif dropped["no_signal"] >= 4 * cfg.algo.max_sample_rounds * P:
                     break  # nothing has a reward signal: log the step, skip the update (never hang)
@@ -171,7 +178,7 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
             stats = {}
             if batch:
                 with timer("train"):
-                    stats = trainer.finish_update()
+                    stats = trainer.finish_update() if stream else trainer.step([s for g in batch for s in g])
             # 4. push weights every sync_interval steps; workers apply them between calls
             if step % d.sync_interval == 0:
                 with timer("sync"):

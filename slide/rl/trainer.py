@@ -11,8 +11,9 @@ from contextlib import contextmanager
 
 import torch
 
+from slide.algo.grpo import (AGGREGATIONS, LOSS_DIVISOR, decoupled_weights, kl_k3, masked_is_weights, policy_loss,
+                             tis_weights)
 from slide.cluster.collective import all_sum, all_sum_tensors, fewest, passes, scalar
-from slide.algo.grpo import AGGREGATIONS, LOSS_DIVISOR, kl_k3, masked_is_weights, policy_loss, tis_weights
 from slide.config import AlgoSpec, TrainSpec
 from slide.model.logprobs import token_logprobs
 from slide.model.lora import unwrap
@@ -128,7 +129,8 @@ class PolicyTrainer:
         `train.updates_per_step` = 1: one optimizer update on the whole batch (strictly on-policy; the
         ratio is exactly 1). k > 1: the batch is cut into k mini-batches of whole groups, each one update
         (PPO-style, as slime's steps per rollout); the "old" logprobs of every sample are computed before
-        the first update, so later mini-batches clip against the policy that generated the batch.
+        the first update, so later mini-batches clip against the policy that generated the batch (sync mode),
+        or against the proximal policy of decoupled PPO (async mode: the trainer's weights at this step).
         """
         k = fewest(min(self.train_cfg.updates_per_step, max(len(samples), 1)))  # the same on every rank
         minis = [samples[len(samples) * i // k:len(samples) * (i + 1) // k] for i in range(k)]  # groups contiguous
@@ -225,7 +227,10 @@ class PolicyTrainer:
             sums["loss"] += float(loss.detach())
 
     def _importance(self, old, behaviour):
-        """Per-token weights [b, R] correcting the engine-vs-trainer mismatch (algo.importance)."""
+        """Per-token weights [b, R] correcting the engine-vs-trainer mismatch (algo.importance). `old` are the
+        logprobs of the weights before the step's first update: the proximal policy of decoupled PPO."""
+        if self.algo.importance == "decoupled":
+            return decoupled_weights(old, behaviour, self.algo.decoupled_cap)
         if self.algo.importance == "mis":
             return masked_is_weights(old, behaviour, self.algo.mis_bound)
         if self.algo.importance == "tis":
