@@ -28,9 +28,10 @@ from slide.weights.buckets import WeightSync
 def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     """Train for cfg.steps steps in `run_dir` (continuing from `ckpt` if given). Returns the last eval."""
     p = build(cfg, ckpt)
+    # colocated: at fp32 the engine reads the policy's weights, no copy (LoRA: the frozen ones; the adapted weights
+    # are its own, merged at each push); routing_replay: it records each token's experts for the trainer
     engine = make_engine(cfg.rollout.engine, p.policy, p.tok.pad_token_id, p.rollout_precision, cfg.seed,
-                         share=True)  # colocated: at fp32 the engine reads the policy's weights, no copy (LoRA:
-    #                                   the frozen ones; the adapted weights are its own, merged at each push)
+                         share=True, record_routes=cfg.algo.routing_replay)
     try:
         with Watchdog(run_dir.path, cfg.watchdog_s) as dog:  # a stalled step ends the run with its stacks
             return _train(cfg, run_dir, p, engine, dog, progress)

@@ -13,8 +13,10 @@ import torch
 
 from slide.algo.grpo import AGGREGATIONS, LOSS_DIVISOR, kl_k3, masked_is_weights, policy_loss, tis_weights
 from slide.config import AlgoSpec, TrainSpec
+from slide.errors import UserError
 from slide.model.logprobs import token_logprobs
 from slide.model.lora import unwrap
+from slide.model.routing import RoutingReplay
 from slide.model.tiny import ExpertLoad, routers
 from slide.rl.sample import Sample
 from slide.watchdog import beat
@@ -86,6 +88,9 @@ class PolicyTrainer:
         trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
         self.opt = torch.optim.AdamW(trainable, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
         self.load = ExpertLoad(model)
+        if algo.routing_replay and not routers(model):
+            raise UserError("algo.routing_replay: this model has no MoE routers to replay (turn it off)")
+        self.replay = RoutingReplay(model, algo.routing_replay)  # the engine's routes, in each micro-batch
         self.updates = 0
 
     def _collate(self, samples: list[Sample]):
@@ -111,8 +116,12 @@ class PolicyTrainer:
     def _micro_batches(self, samples: list[Sample]):
         mb = self.train_cfg.micro_batch
         order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
+        device = next(self.model.parameters()).device
         for k in range(0, len(order), mb):  # length-sorted micro-batches waste little padding
-            yield [samples[i] for i in order[k:k + mb]]
+            batch = [samples[i] for i in order[k:k + mb]]
+            # routing replay stays on while the caller runs this micro-batch's forward and backward
+            with self.replay.routes(batch, device):
+                yield batch
             beat()  # progress, for the run's watchdog
 
     def step(self, samples: list[Sample], advantages: dict[int, float]) -> dict[str, float]:
@@ -236,7 +245,7 @@ class PolicyTrainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip)
         self.opt.step()
         self.updates += 1
-        balance = self.load.update_bias(self.router_bias_rate)
+        balance = self.load.update_bias(self.router_bias_rate) | self.replay.pop_stats()
         self.model.eval()
         tokens = max(sums["tokens"], 1.0)
         return {"loss": sums["loss"] * scale, "grad_norm": float(grad_norm), "grad_norm_max": float(grad_norm),
