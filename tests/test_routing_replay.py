@@ -215,3 +215,23 @@ def test_slide_rl_with_routing_replay_logs_the_replay_metrics(tmp_path):
     subprocess.run([sys.executable, "-m", "slide.cli", "rl", *args], check=True, timeout=600)
     [row] = [json.loads(line) for line in (tmp_path / "r3" / "metrics.jsonl").read_text().splitlines()]
     assert row["routing_replay_fallback"] == 0.0 and 0 <= row["routing_mismatch_frac"] < 0.2
+
+
+def test_async_worker_samples_carry_their_routes_through_pickling(tok):
+    """A rollout worker (built directly, as its Ray actor would be) records routes, and its groups keep them
+    through the pickling that carries them to the driver."""
+    from slide.model.load import load_policy
+    from slide.rl.data import PromptSource
+    from slide.rl.worker import RolloutWorker
+    from slide.tasks import parse_task_specs
+    cfg = load_config(RLConfig, None, ["mode=async", "algo.routing_replay=true", "rollout.precision=bf16",
+                                       "rollout.n=2", "rollout.max_new_tokens=8", "data.train=arithmetic:1"])
+    policy = load_policy(None, cfg.model.size, tok, cfg.seed)
+    worker = RolloutWorker(0, cfg.model_dump(mode="json"), list(WeightSync("bf16").buckets(policy, 0)))
+    problems = PromptSource(parse_task_specs(cfg.data.train), cfg.seed).next(2)
+    groups, _ = pickle.loads(pickle.dumps(worker.rollout(problems, first_group=0)))
+    samples = [s for g in groups for s in g]
+    assert len(samples) == 4
+    for s in samples:
+        assert s.routes.dtype == torch.uint8
+        assert s.routes.shape[1] == len(s.prompt_ids) + len(s.response_ids) - 1

@@ -20,7 +20,8 @@ gradient (as slime's and verl's R3 do).
 Routes of a sequence cover the positions the engine ran a forward on: every prompt token (at prefill, or the
 prefill of a later agent turn for environment tokens) and every response token but the last, which the engine
 samples and never feeds back. Position t holds the top-k expert ids of token t, sorted, in uint8 (int16 past
-256 experts): ~1.5 KB per sample of the demo model, cheap to pickle across Ray. The trainer's last position
+256 experts): ~1.5 KB per sample of the demo model, cheap to pickle across Ray (an engine batch's buffer is
+layers x top_k bytes per token, against kilobytes per token of its KV cache). The trainer's last position
 predicts nothing it scores, so it, padding, and any position without a route keep the trainer's own routing.
 
 Only for routers shaped like transformers' glm4_moe / deepseek_v3 gates (`routers()` in slide/model/tiny.py):
@@ -45,7 +46,7 @@ def extend_routes(old: torch.Tensor | None, new: torch.Tensor | None, length: in
     sampled with (a later prefill recomputes them, maybe on newer weights); `new` adds the rest (the last token
     of the turn before, environment tokens, the new turn). Cut to `length` positions (a turn cut to its budget)."""
     if new is None:
-        return old if old is None else old[:, :length]
+        return None if old is None else old[:, :length]
     merged = new if old is None else torch.cat([old, new[:, old.shape[1]:]], dim=1)
     return merged[:, :length].clone()  # no view into a whole engine batch's buffer (pickled with the sample)
 
