@@ -63,6 +63,7 @@ def measure(cfg: RLConfig, precisions: list[str], batches: int) -> dict:
         for replay, stats in rows.items():
             mean = {k: sum(r[k] for r in stats) / len(stats) for k in KEYS if k in stats[0]}
             mean["logprob_gap_max"] = max(r["logprob_gap_max"] for r in stats)
+            mean["tokens"] = sum(r["train_tokens"] for r in stats)  # the sampled tokens the figures are over
             result[f"{precision}/{'r3' if replay else 'no_r3'}"] = mean
         off, on = result[f"{precision}/no_r3"], result[f"{precision}/r3"]
         result[f"{precision}/r3_over_no_r3"] = {k: on[k] / off[k] if off[k] else None
@@ -72,17 +73,18 @@ def measure(cfg: RLConfig, precisions: list[str], batches: int) -> dict:
 
 def table(result: dict, precisions: list[str], threshold: float) -> str:
     lines = [f"| rollout | routing replay | gap mean (nats) | share of tokens over {threshold} | gap max | "
-             "trainer's own routers disagree |", "|---|---|---|---|---|---|"]
+             "trainer's own routers disagree | tokens |", "|---|---|---|---|---|---|---|"]
     for precision in precisions:
         for tag in ("no_r3", "r3"):
             r = result[f"{precision}/{tag}"]
             mismatch = f"{r['routing_mismatch_frac']:.2%}" if "routing_mismatch_frac" in r else "-"
             lines.append(f"| {precision} | {'on' if tag == 'r3' else 'off'} | {r['logprob_gap_mean']:.5f} | "
-                         f"{r['logprob_gap_frac_over']:.3%} | {r['logprob_gap_max']:.3f} | {mismatch} |")
+                         f"{r['logprob_gap_frac_over']:.3%} | {r['logprob_gap_max']:.3f} | {mismatch} | "
+                         f"{r['tokens']:.0f} |")
         ratio = result[f"{precision}/r3_over_no_r3"]
         fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
         lines.append(f"| {precision} | on / off | {fmt(ratio['logprob_gap_mean'])} | "
-                     f"{fmt(ratio['logprob_gap_frac_over'])} | | |")
+                     f"{fmt(ratio['logprob_gap_frac_over'])} | | | |")
     return "\n".join(lines)
 
 
