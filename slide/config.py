@@ -152,6 +152,12 @@ class AlgoSpec(Section):
                                                         "this are dropped (AReaL's behav_imp_weight_cap)")
     dual_clip: float | None = Field(None, gt=1, description="dual-clip PPO: cap a negative-advantage token's loss at "
                                                             "dual_clip * |A| however far its ratio ran (None = off)")
+    routing_replay: bool = Field(False, description="rollout routing replay (R3): the in-process engine records each "
+                                                    "token's routed experts per MoE layer and the trainer's forward "
+                                                    "routes to them (gate weights from its own router scores); "
+                                                    "removes the routing part of the engine-vs-trainer mismatch. "
+                                                    "Samples without routes (vLLM) route as usual, counted in "
+                                                    "routing_replay_fallback")
     gap_threshold: float = Field(0.1, gt=0, description="log the share of tokens whose engine-vs-trainer logprob "
                                                         "gap exceeds this many nats (logprob_gap_frac_over)")
     dynamic_sampling: bool = Field(True, description="drop groups whose rewards all agree; over-sample to refill")
@@ -302,6 +308,13 @@ class RLConfig(Section):
         return self
     algo: AlgoSpec = AlgoSpec()
     train: TrainSpec = TrainSpec()
+
+    @model_validator(mode="after")
+    def _replay_runs_eager(self):
+        if self.algo.routing_replay and self.train.compile:
+            raise ValueError("algo.routing_replay with train.compile: not supported (the replay hooks the routers "
+                             "of the eager model); turn one off")
+        return self
 
 
 class SFTConfig(Section):

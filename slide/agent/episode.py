@@ -45,6 +45,7 @@ from slide.agent.env import INVALID_FORMAT, Env, EnvFactory, InvalidCall, StepRe
 from slide.engine.inprocess import SamplingParams
 from slide.errors import UserError
 from slide.model.chat import assistant_message, chat_format
+from slide.model.routing import extend_routes
 from slide.agent.isolated import CallTimeout
 from slide.rl.reward import bounded_call
 from slide.rl.sample import Sample
@@ -133,7 +134,10 @@ class _Episode:
         s = self.sample
         s.status, s.reason, s.error, s.reward, self.live = status, reason, error, reward, False
 
-    def add(self, tokens: list[int], logprobs: list[float], model: bool, version: int | None = None) -> None:
+    def add(self, tokens: list[int], logprobs: list[float], model: bool, version: int | None = None,
+            routes=None) -> None:
+        """Append a model turn (its engine routes, if recorded, cover the context and the turn) or an environment
+        turn (its tokens get routes at the next turn's prefill)."""
         s = self.sample
         if model:
             self.turn_start = len(s.response_ids)
@@ -141,6 +145,7 @@ class _Episode:
         s.response_ids += tokens
         s.loss_mask += [int(model)] * len(tokens)
         s.behaviour_logprobs += logprobs if model else [0.0] * len(tokens)
+        s.routes = extend_routes(s.routes, routes, len(s.prompt_ids) + len(s.response_ids) - 1)
 
     def count(self, key: str) -> None:
         self.sample.events[key] = self.sample.events.get(key, 0) + 1
@@ -301,7 +306,7 @@ def _after_turn(run: _Run, ep: _Episode, c, budget: int, last: bool) -> list[dic
     tok = run.fmt.tok
     cut = len(c.tokens) > budget
     tokens, finish = c.tokens[:budget], "length" if cut else c.finish_reason
-    ep.add(tokens, list(c.logprobs[:budget]), model=True, version=c.version)
+    ep.add(tokens, list(c.logprobs[:budget]), model=True, version=c.version, routes=c.routes)
     s = ep.sample
     s.version, s.turns = min(s.version, c.version) if s.turns else c.version, s.turns + 1
     text = tok.decode(tokens, skip_special_tokens=False)

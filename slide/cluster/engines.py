@@ -40,7 +40,8 @@ class EngineActor:
         tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)
         model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=self.device)  # the architecture
         self.engine = make_engine(cfg.rollout.engine, model, tok.pad_token_id,
-                                  precision_for(cfg.rollout.precision, self.device), cfg.seed * 1009 + index)
+                                  precision_for(cfg.rollout.precision, self.device), cfg.seed * 1009 + index,
+                                  record_routes=cfg.algo.routing_replay)
         self.engine.version = -1  # nothing pushed yet: any version is newer
 
     def pid(self) -> int:

@@ -16,7 +16,7 @@ VLLM_GPU_SHARE = 0.3  # of the GPU's memory vLLM takes beside a colocated traine
 
 
 def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", seed: int = 0,
-                share: bool = False):
+                share: bool = False, record_routes: bool = False):
     """A rollout engine of `kind` ("inprocess" | "vllm") holding a copy of `model`'s weights.
 
     Both hold (and compute in) bf16 for bf16 and fp8 rollout (FP8 pushes are dequantized on receipt; vLLM's
@@ -28,7 +28,10 @@ def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", se
     merged weights W + (alpha / r) B A (slide/model/lora.py), as vLLM or a worker would, and each push sends them
     merged. Running the policy's unmerged layers would decode with two extra small products per adapted layer
     per token, and the logged trainer-vs-engine gap would then measure nothing a real engine does. Shared at fp32,
-    the engine still reads the policy's frozen tensors; only the adapted weights are its own."""
+    the engine still reads the policy's frozen tensors; only the adapted weights are its own.
+
+    record_routes (algo.routing_replay): the in-process engine records each token's routed experts for the trainer
+    to replay; vLLM does not expose them here, and its samples train on the trainer's own routing (counted)."""
     from slide.model.lora import has_lora, merged_model
     lora = has_lora(model)
     if kind == "vllm":
@@ -39,9 +42,11 @@ def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", se
     from slide.engine.inprocess import InProcessEngine
     from slide.model.load import cast_for_compute
     if share and compute_dtype(precision) == "fp32":
-        return InProcessEngine(merged_model(model, share=True) if lora else model, pad_token_id=pad_token_id)
+        return InProcessEngine(merged_model(model, share=True) if lora else model, pad_token_id=pad_token_id,
+                               record_routes=record_routes)
     own = merged_model(model) if lora else copy.deepcopy(model)
-    return InProcessEngine(cast_for_compute(own, DTYPES[compute_dtype(precision)]), pad_token_id=pad_token_id)
+    return InProcessEngine(cast_for_compute(own, DTYPES[compute_dtype(precision)]), pad_token_id=pad_token_id,
+                           record_routes=record_routes)
 
 
 def set_threads(n: int) -> None:

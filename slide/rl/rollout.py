@@ -18,6 +18,7 @@ from slide.config import AgentSpec
 from slide.config import RolloutSpec
 from slide.engine.inprocess import Completion, SamplingParams
 from slide.model.chat import chat_format
+from slide.model.routing import extend_routes
 from slide.model.tokenizer import chat_prompt
 from slide.rl.reward import RewardRunner
 from slide.rl.sample import Sample
@@ -96,7 +97,7 @@ class Rollout:
                 status = "forced" if (i, j) in forced else "completed" if c.finish_reason == "stop" else "truncated"
                 group.append(Sample(prompt_ids=prompt, response_ids=c.tokens, loss_mask=masks[i][j],
                                     behaviour_logprobs=c.logprobs, version=c.version, problem=problem, group=0,
-                                    status=status, response_text=text))
+                                    status=status, response_text=text, routes=c.routes))
             groups.append(group)
         # one message per group to the reward workers (a verifier that hangs is killed there, never here); each
         # response scored without its stop token (the template's end token is no part of the answer)
@@ -121,8 +122,10 @@ class Rollout:
                                      generator=generator)
         for (i, j), [tail] in zip(cut, tails):
             c = outputs[i][j]
-            outputs[i][j] = Completion(c.tokens + close + tail.tokens, c.logprobs + [0.0] * len(close) + tail.logprobs,
-                                       tail.finish_reason, c.version)
+            tokens = c.tokens + close + tail.tokens
+            routes = extend_routes(c.routes, tail.routes, len(prompts[i]) + len(tokens) - 1)  # c's own kept
+            outputs[i][j] = Completion(tokens, c.logprobs + [0.0] * len(close) + tail.logprobs,
+                                       tail.finish_reason, c.version, routes)
             masks[i][j] = masks[i][j] + [0] * len(close) + [1] * len(tail.tokens)
         return set(cut)
 

@@ -23,6 +23,9 @@ class Sample:
     status: str = "completed"  # completed | truncated | aborted | failed
     response_text: str = ""
     token_versions: list[int] = field(default_factory=list)  # per response token where turns span versions
+    # algo.routing_replay: the engine's routed experts of prompt + response[:-1], [moe layers, positions, top_k]
+    # uint8 (slide/model/routing.py); None = not recorded (the trainer routes such a sample itself)
+    routes: torch.Tensor | None = None
 
     def versions(self) -> list[int]:
         """The policy version that sampled each response token (environment tokens: the turn before's)."""

@@ -28,8 +28,9 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
     """Train for cfg.steps steps in `run_dir` (continuing from `ckpt` if given). Returns the last eval."""
     p = build(cfg, ckpt)  # the trainer: this process, or train.world_size FSDP2 ranks (slide/cluster/)
     try:
-        engine = p.engine(cfg)  # colocated: at fp32 the engine reads the policy's weights, no copy (LoRA: the frozen
-        #                         ones, the adapted are its own); rollout.engines > 1: a group of Ray actors
+        # colocated: at fp32 the engine reads the policy's weights, no copy (LoRA: the frozen ones, the adapted are its
+        # own); rollout.engines > 1: a group of Ray actors; routing_replay: it records each token's experts
+        engine = p.engine(cfg)
         try:
             with Watchdog(run_dir.path, cfg.watchdog_s) as dog:  # a stalled step ends the run with its stacks
                 return _train(cfg, run_dir, p, engine, dog, progress)

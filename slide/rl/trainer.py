@@ -15,8 +15,10 @@ from slide.algo.grpo import (AGGREGATIONS, LOSS_DIVISOR, decoupled_weights, kl_k
                              tis_weights)
 from slide.cluster.collective import all_sum, all_sum_tensors, fewest, passes, scalar
 from slide.config import AlgoSpec, TrainSpec
+from slide.errors import UserError
 from slide.model.logprobs import token_logprobs
 from slide.model.lora import unwrap
+from slide.model.routing import RoutingReplay
 from slide.model.tiny import ExpertLoad, routers
 from slide.rl.sample import Sample
 from slide.watchdog import beat
@@ -88,6 +90,9 @@ class PolicyTrainer:
         trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
         self.opt = torch.optim.AdamW(trainable, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
         self.load = ExpertLoad(model)
+        if algo.routing_replay and not routers(model):
+            raise UserError("algo.routing_replay: this model has no MoE routers to replay (turn it off)")
+        self.replay = RoutingReplay(model, algo.routing_replay)  # the engine's routes, in each micro-batch
         self.updates = 0
 
     def _collate(self, samples: list[Sample]):
@@ -118,10 +123,16 @@ class PolicyTrainer:
         order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
         batches = [[samples[i] for i in order[k:k + mb]] for k in range(0, len(order), mb)]
         blank = Sample([self.pad], [self.pad], [0], [0.0], 0, None, -1)
-        batches += [[blank]] * (passes(len(batches)) - len(batches))
+        padding = passes(len(batches)) - len(batches)
+        device = next(self.model.parameters()).device
         for batch in batches:
-            yield batch
+            # routing replay stays on while the caller runs this micro-batch's forward and backward
+            with self.replay.routes(batch, device):
+                yield batch
             beat()  # progress, for the run's watchdog
+        for _ in range(padding):
+            yield [blank]
+            beat()
 
     def step(self, samples: list[Sample]) -> dict[str, float]:
         """Train on one rollout batch (each sample's `advantage` set). Returns metrics.
@@ -250,7 +261,7 @@ class PolicyTrainer:
         self.opt.step()
         self.updates += 1
         all_sum_tensors(self.load.counts)  # every rank moves its (replicated) router biases alike
-        balance = self.load.update_bias(self.router_bias_rate)
+        balance = self.load.update_bias(self.router_bias_rate) | self.replay.pop_stats()
         self.model.eval()
         tokens = max(sums["tokens"], 1.0)
         return {"loss": sums["loss"] * scale, "grad_norm": float(grad_norm), "grad_norm_max": float(grad_norm),

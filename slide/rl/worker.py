@@ -49,8 +49,9 @@ class RolloutWorker:
         tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)
         model = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed)  # the architecture; weights follow
         model = cast_for_compute(model, DTYPES[compute_dtype(precision)]).to(self.device)  # as make_engine's
-        self.engine = BatchingEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id))  # loads never overlap
-        self.load_weights(buckets)                                                          # a generate call
+        engine = InProcessEngine(model, pad_token_id=tok.pad_token_id, record_routes=cfg.algo.routing_replay)
+        self.engine = BatchingEngine(engine)  # loads never overlap a generate call
+        self.load_weights(buckets)
         self.partial = cfg.disagg.partial_rollout
         self.reward = reward_runner(verifiers(parse_task_specs(cfg.data.train, load_reward(cfg.data.reward))),
                                     cfg.rollout)
