@@ -56,7 +56,7 @@ def measure(cfg: RLConfig, precisions: list[str], batches: int) -> dict:
             samples = samples_from(engine, p, cfg.rollout.prompts_per_step, cfg.rollout.n, cfg.rollout.thinking)
             t1 = time.perf_counter()
             for replay, trainer in trainers.items():
-                rows[replay].append(trainer.step(samples)  # advantages 0: the update moves nothing)
+                rows[replay].append(trainer.step(samples))  # advantages 0: the update moves nothing
             print(f"{precision}: {len(samples)} samples, rollout {t1 - t0:.0f} s, trainer x2 "
                   f"{time.perf_counter() - t1:.0f} s", flush=True)
         for replay, stats in rows.items():
