@@ -1,7 +1,7 @@
 """One trainer process against two FSDP2 ranks (gloo) on the same batch: step time and per-rank memory.
 
     .venv/bin/python benchmarks/fsdp_scale.py                 # ~4 min on 2 idle cores
-    .venv/bin/python benchmarks/fsdp_scale.py --steps 5 --layers 8
+    .venv/bin/python benchmarks/fsdp_scale.py --steps 5 --layers 8 --grad-ckpt
 
 The model: a dense Qwen2 of ~27M parameters (hidden 512, MLP 1536, 8 heads on 4 key/value heads, 32K vocabulary,
 tied embeddings; --layers 4, as benchmarks/lora_vs_full.py), built here with a fixed seed. One step =
@@ -49,7 +49,8 @@ def _rank(rank: int, world: int, a, port: int, out) -> None:
     if world > 1:
         from slide.cluster.fsdp import shard
         model = shard(model, torch.float32)
-    trainer = PolicyTrainer(model, TrainSpec(lr=1e-5, micro_batch=8), AlgoSpec(), 1.0, 0, 0.0)
+    trainer = PolicyTrainer(model, TrainSpec(lr=1e-5, micro_batch=8, gradient_checkpointing=a.grad_ckpt), AlgoSpec(),
+                            1.0, 0, 0.0)
     gen = torch.Generator().manual_seed(0)
     samples = [Sample(prompt_ids=torch.randint(1, vocab, (64,), generator=gen).tolist(),
                       response_ids=torch.randint(1, vocab, (64,), generator=gen).tolist(), loss_mask=[1] * 64,
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--grad-ckpt", action="store_true", help="train.gradient_checkpointing: activations recomputed "
+                                                              "in the backward, so the model state dominates memory")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fsdp_scale.json"))
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")

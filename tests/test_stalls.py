@@ -14,7 +14,7 @@ from slide.config import RLConfig, dump_config, load_config
 from slide.engine.inprocess import Completion
 from slide.model.chat import chat_format
 from slide.model.tokenizer import load_tokenizer
-from slide.rl import sync
+from slide.rl import parts, sync
 from slide.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +56,8 @@ class CorpusEngine:
 
 
 def test_sync_run_on_the_corpus_finishes_and_counts_rejections(tmp_path, monkeypatch):
-    make = sync.make_engine
-    monkeypatch.setattr(sync, "make_engine", lambda *a, **k: CorpusEngine(make(*a, **k), tok))
+    make = parts.make_engine  # what the sync driver's engine is made by (Parts.engine)
+    monkeypatch.setattr(parts, "make_engine", lambda *a, **k: CorpusEngine(make(*a, **k), tok))
     tok = load_tokenizer()
     data = rows(tmp_path / "rows.jsonl", ["3889", "\\frac{1}{2}", "12"])
     cfg = load_config(RLConfig, None, [f"out_dir={tmp_path}", "steps=2", f"data.train={data}", *SMALL])
