@@ -1,4 +1,5 @@
-"""Shared fixtures: a briefly SFT-trained test-size model (built once per session, ~30 s)."""
+"""Shared fixtures: the built-in tokenizer and a fresh test-size model (one per module), and a briefly SFT-trained
+test-size model (built once per session, ~30 s)."""
 import os
 
 import pytest
@@ -20,3 +21,16 @@ def sft_model(tmp_path_factory):
     run = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg), tensorboard=False)
     result = sft.run(cfg, run)
     return run.path / "final", result
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from slide.model.tokenizer import load_tokenizer
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    """A fresh test-size glm4_moe (seed 0), shared by a module's tests that only read it."""
+    from slide.model.tiny import build_model, tiny_config
+    return build_model(tiny_config("test", tok), seed=0)

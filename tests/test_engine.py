@@ -6,18 +6,7 @@ import torch
 
 from slide.engine.inprocess import InProcessEngine, SamplingParams, sample_token
 from slide.engine.packed import PackedLinears
-from slide.model.tiny import build_model, tiny_config
-from slide.model.tokenizer import load_tokenizer, stop_token_ids
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return build_model(tiny_config("test", tok), seed=0)
+from slide.model.tokenizer import stop_token_ids
 
 
 PROMPTS = [[1, 2, 4, 18, 60, 61], [1, 2, 4, 18, 70], [1, 2, 4, 18, 80, 81, 82, 83]]

@@ -7,8 +7,6 @@ import torch
 from safetensors.torch import load_file
 
 from slide.errors import UserError
-from slide.model.tiny import build_model, tiny_config
-from slide.model.tokenizer import load_tokenizer
 from slide.weights.export import export_fp8
 from slide.weights.fp8 import (FP8_DTYPE, Fp8Weight, dequantize_blockwise, error_bound, is_quantizable,
                                quantize_blockwise)
@@ -108,16 +106,6 @@ def test_fp8_weight_unpacks_and_pickles():
     back = pickle.loads(pickle.dumps(w))
     assert back.q.dtype == FP8_DTYPE and torch.equal(back.q.view(torch.uint8), q.view(torch.uint8))
     assert torch.equal(back.scale_inv, s) and w.nbytes == 10 * 300 + 4 * 3
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return build_model(tiny_config("test", tok), seed=0)
 
 
 def test_classification_of_the_glm4_moe_parameters(model):

@@ -24,23 +24,13 @@ from slide.engine.batching import _cut
 from slide.engine.inprocess import Completion, SamplingParams
 from slide.errors import UserError
 from slide.model.routing import RoutingReplay, extend_routes
-from slide.model.tiny import build_model, routers, tiny_config
-from slide.model.tokenizer import load_tokenizer, stop_token_ids
+from slide.model.tiny import routers
+from slide.model.tokenizer import stop_token_ids
 from slide.rl.sample import Sample
 from slide.rl.trainer import PolicyTrainer
 from slide.weights.buckets import WeightSync
 
 PROMPTS = ["1+2=", "13+4=", "7*7=", "5-9="]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return build_model(tiny_config("test", tok), seed=0)
 
 
 def rollout(model, tok, precision: str, n: int = 3, tokens: int = 16) -> list[Sample]:

@@ -47,11 +47,10 @@ def all_sum_tensors(tensors: list[torch.Tensor]) -> None:
     if not distributed() or not tensors:
         return
     flat = torch.cat([t.reshape(-1).double() for t in tensors])
-    flat = torch.tensor(_reduce(flat.tolist(), dist.ReduceOp.SUM), dtype=torch.float64)
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
+    flat = flat.cuda() if dist.get_backend() == "nccl" else flat
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    for t, part in zip(tensors, flat.cpu().split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
 
 
 def passes(count: int) -> int:
