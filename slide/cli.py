@@ -2,6 +2,7 @@
 
     slide demo                                   # SFT -> RL -> eval on the demo-size tiny GLM, CPU
     slide pretrain CONFIG [key=value ...]        # staged pre-/mid-training (slide/pretrain/); --resume RUN_DIR
+    slide pretrain CONFIG --chain                # ... then SFT -> RL -> eval from it, one report
     slide sft CONFIG [key=value ...]             # cold-start SFT
     slide rl CONFIG [key=value ...]              # colocated synchronous RL
     slide rl --resume RUN_DIR                    # continue a killed run
@@ -127,6 +128,9 @@ def cmd_pretrain(a) -> None:
         needle = ", ".join(f"{k}: {v:.2f}" for k, v in s["needle_accuracy"].items())
         print(f"pretrain {name}: held-out loss {loss}" + (f"; needle accuracy {needle}" if needle else ""))
     print(f"pretrain: model in {result['final']}; summary in {run_dir.path / 'summary.json'}")
+    if a.chain or a.chain_quick:
+        from slide.pretrain.chain import run_chain
+        print(f"chain report: {run_chain(result, run_dir.path, a.chain_quick, cfg.device)}")
 
 
 RESUME_KEYS = ("train.world_size", "train.rank_threads", "train.offload", "rollout.engines", "rollout.engine_threads",
@@ -196,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("config", nargs="?")
     pt.add_argument("overrides", nargs="*")
     pt.add_argument("--resume", metavar="RUN_DIR")
+    pt.add_argument("--chain", action="store_true", help="then SFT -> RL -> eval from its final model (slide demo's "
+                                                         "settings); one report, RUN_DIR/chain.md")
+    pt.add_argument("--chain-quick", action="store_true", help="--chain at the demo's smoke-test settings")
     pt.set_defaults(fn=cmd_pretrain)
     s = sub.add_parser("sft", help="cold-start SFT")
     s.add_argument("config", nargs="?")
