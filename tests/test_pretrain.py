@@ -121,6 +121,21 @@ def test_packers_keep_every_token_and_best_fit_cuts_only_documents_longer_than_a
     assert flat == [t for ids in whole for t in ids][:5 * 64]  # back to back, nothing lost or padded
 
 
+def test_best_fit_trains_short_documents_drawn_before_a_long_one_first(tok):
+    """A long document cut into many full rows must not starve the short documents drawn before it: the rows holding
+    the oldest documents train first, and what waits is at most a batch and a row beyond the longest document."""
+    texts = ["s" * 20, "t" * 30, "L" * 64 * 12] + ["u" * 40, "v" * 10] * 20
+    packer = Packer(_ListMixture(texts), tok, 64, "best-fit")
+    first = packer.rows(2)
+    trained = [ids for row in first for ids, _ in row]
+    assert encode(tok, texts[0]) in trained and encode(tok, texts[1]) in trained
+    waiting = []
+    for _ in range(8):
+        packer.rows(2)
+        waiting.append(sum(len(ids) for _, _, ids in packer.waiting))
+    assert max(waiting) <= 3 * 64 + len(encode(tok, texts[2])) and waiting[-1] <= 3 * 64 + 64  # the long one trained
+
+
 def test_a_packed_forward_equals_each_document_alone(tok, model):
     docs = [tok.encode(t, add_special_tokens=False) for t in ("def f(x): return x", "hello world", "1+2=3")]
     ids, _, pos, mask, _ = to_tensors([[(d, [1] * len(d)) for d in docs]], 64, tok.pad_token_id)

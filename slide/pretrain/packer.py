@@ -3,8 +3,8 @@
 truncate (pre-training): documents, in the order drawn, fill rows back to back; the one that reaches a row's end is
   cut there and its rest starts the next row. Nothing is padded or dropped.
 best-fit (mid-training): enough documents to fill the batch (and one row more) are packed best-fit decreasing
-  (slide/packing.py), none split where it fits a row (longer ones are cut into row-sized pieces first); the
-  fullest rows train now, the documents of the others wait for the next batch.
+  (slide/packing.py), none split where it fits a row (longer ones are cut into row-sized pieces first); the rows
+  holding the oldest documents train now, the documents of the others wait for the next batch.
 
 Either way each piece attends only to itself (slide/packing.py's block-diagonal mask). Documents still waiting
 (a cut one's rest, best-fit's leftovers) are part of the state a checkpoint keeps.
@@ -23,7 +23,10 @@ def encode(tok, text: str) -> list[int]:
 class Packer:
     def __init__(self, mixture: Mixture, tok, seq_len: int, mode: str):
         self.mixture, self.tok, self.seq_len, self.mode = mixture, tok, seq_len, mode
-        self.waiting: list[list[int]] = []  # token ids of documents (or their rests) drawn but not yet trained
+        # drawn but not yet trained: truncate: token ids of documents (or their rests); best-fit: [document number,
+        # piece number, token ids] of row-sized pieces
+        self.waiting: list = []
+        self.docs = 0  # documents drawn (best-fit's age of a piece)
 
     def _draw(self) -> list[int]:
         return encode(self.tok, self.mixture.next()[1])
@@ -48,19 +51,22 @@ class Packer:
 
     def _best_fit(self, n: int) -> list[list[Doc]]:
         L = self.seq_len
-        docs, total = list(self.waiting), sum(len(d) for d in self.waiting)
-        while total < (n + 1) * L:
-            ids = self._draw()
-            docs.append(ids)
-            total += len(ids)
-        pieces = [d[i:i + L] for d in docs for i in range(0, len(d), L)]  # only documents longer than a row cut
-        packed = best_fit([(p, [1] * len(p)) for p in pieces], L)
-        self.waiting = [ids for row in packed[n:] for ids, _ in row]
+        while sum(len(ids) for _, _, ids in self.waiting) < (n + 1) * L:
+            ids = self._draw()  # a document longer than a row is cut into row-sized pieces, in order
+            self.waiting += [[self.docs, i // L, ids[i:i + L]] for i in range(0, len(ids), L)]
+            self.docs += 1
+        age = {id(ids): (doc, piece) for doc, piece, ids in self.waiting}
+        packed = best_fit([(ids, [1] * len(ids)) for _, _, ids in self.waiting], L)
+        # the rows holding the oldest pieces train first: a long document's many full rows never starve the short
+        # documents drawn before them (the mixture's shares hold for what is trained, not only for what is drawn)
+        packed.sort(key=lambda row: min(age[id(ids)] for ids, _ in row))
+        self.waiting = sorted([*age[id(ids)], ids] for row in packed[n:] for ids, _ in row)
         return packed[:n]
 
     def state(self) -> dict:
-        return {"waiting": [list(d) for d in self.waiting], "mixture": self.mixture.state()}
+        return {"waiting": [list(d) for d in self.waiting], "docs": self.docs, "mixture": self.mixture.state()}
 
     def load(self, state: dict) -> None:
         self.waiting = [list(d) for d in state["waiting"]]
+        self.docs = state["docs"]
         self.mixture.load(state["mixture"])
