@@ -16,7 +16,8 @@ from pathlib import Path
 def _stage_row(name: str, s: dict) -> str:
     loss = ", ".join(f"{k} {v:.3f}" for k, v in s["held_out_loss"].items())
     needle = ", ".join(f"{k}: {v:.2f}" for k, v in s["needle_accuracy"].items()) or "-"
-    return f"| {name} | {s['tokens']:,} tokens, seq_len {s['seq_len']}, RoPE base {s['rope_theta']:g} | {loss} | {needle} |"
+    return (f"| {name} | seq_len {s['seq_len']}, RoPE base {s['rope_theta']:g}, ends at {s['tokens']:,} tokens "
+            f"(all stages) | {loss} | {needle} |")
 
 
 def report(run: Path, pretrain: dict, demo: dict) -> Path:
