@@ -34,6 +34,18 @@ def test_mixture_draws_each_source_in_proportion_to_its_weight(tmp_path):
     assert sum(mix.drawn) == n
 
 
+def test_mixture_weights_are_shares_of_text_not_of_documents(tmp_path):
+    short = Stream(_jsonl(tmp_path / "s.jsonl", ["x" * 10] * 40), "text", 4)
+    long = Stream(_jsonl(tmp_path / "l.jsonl", ["y" * 100] * 40), "text", 4)
+    mix = Mixture(["s", "l"], [short, long], [1.0, 1.0], seed=0)
+    chars = [0, 0]
+    for _ in range(2200):
+        i, text = mix.next()
+        chars[i] += len(text)
+    assert abs(chars[0] / sum(chars) - 0.5) < 0.05  # equal weights: equal text (10 short documents per long one)
+    assert 8 < mix.drawn[0] / mix.drawn[1] < 12
+
+
 def test_streams_hold_out_their_first_documents_and_resume_at_their_position(tmp_path):
     texts = [f"doc {i}" for i in range(7)]
     folder = tmp_path / "txt"

@@ -138,16 +138,20 @@ class Stream:
 
 
 class Mixture:
-    """Draws each next document from a source chosen at random in proportion to its weight (a seeded generator
-    of its own, saved with the streams' positions)."""
+    """Draws each next document from a source chosen at random (a seeded generator of its own, saved with the
+    streams' positions). A source's weight is its share of the text drawn, not of the documents: a source is chosen
+    with probability proportional to weight / mean document length (estimated on its held-out documents), so a
+    source of long files gets no more text than its weight says."""
 
     def __init__(self, names: list[str], streams: list[Stream], weights: list[float], seed: int):
         self.names, self.streams, self.weights = names, streams, weights
+        mean_len = [max(1.0, sum(map(len, s.held_out)) / max(1, len(s.held_out))) for s in streams]
+        self.chances = [w / n for w, n in zip(weights, mean_len)]
         self.rng = random.Random(seed)
         self.drawn = [0] * len(streams)  # documents drawn per source
 
     def next(self) -> tuple[int, str]:
-        i = self.rng.choices(range(len(self.streams)), weights=self.weights)[0]
+        i = self.rng.choices(range(len(self.streams)), weights=self.chances)[0]
         self.drawn[i] += 1
         return i, self.streams[i].next()
 
