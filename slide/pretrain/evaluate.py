@@ -21,7 +21,7 @@ NEEDLE_SALT = 4_242_421  # eval needles never come from the training corpus' str
 
 
 def _run(model, rows, seq_len: int, pad: int, autocast: torch.dtype, micro: int):
-    """Yields (logits or logprobs inputs) per micro-batch of packed rows on the model's device."""
+    """(forward arguments, labels) per micro-batch of `rows` packed, on the model's device, inside autocast."""
     device = next(model.parameters()).device
     for i in range(0, len(rows), micro):
         ids, labels, pos, mask, _ = (t.to(device) for t in to_tensors(rows[i:i + micro], seq_len, pad))
