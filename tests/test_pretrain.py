@@ -214,3 +214,17 @@ def test_bad_config_and_bad_data_file_give_one_error_line(tmp_path, capsys):
     code, err = _cli(capsys, stage.replace("seq_len: 32", "seq_len: 32, packing: greedy"))
     assert code == 2 and len(err) == 1 and "packing" in err[0]
     assert not (tmp_path / "pretrain").exists()  # nothing was started
+
+
+def test_chain_report_has_a_row_per_stage(tmp_path):
+    from slide.pretrain.chain import report
+    stage = {"tokens": 1000, "seq_len": 128, "rope_theta": 1e4, "held_out_loss": {"code": 2.5},
+             "needle_accuracy": {"512": 0.25}}
+    demo = {"sft_steps": 30, "sft_pass@1": 0.2, "rl_steps": 4, "rl_pass@1": 0.3, "rl_pass@1_last3_mean": 0.28,
+            "total_seconds": 60.0}
+    text = report(tmp_path, {"stages": {"general": stage, "long": {**stage, "rope_theta": 1e6}}, "final": "F"},
+                  demo).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0] for r in rows] == ["| general", "| long", "| sft", "| rl"]
+    assert "code 2.500" in rows[0] and "512: 0.25" in rows[0] and "RoPE base 1e+06" in rows[1]
+    assert "held-out pass@1 0.200" in rows[2] and "held-out pass@1 0.300" in rows[3]
