@@ -71,8 +71,9 @@ def cmd_rl(a) -> None:
         overrides = [x for x in (a.config, *a.overrides) if x]
         moved = [x for x in overrides if not x.split("=", 1)[0].startswith(RESUME_KEYS)]
         if moved:
+            keys = ", ".join(k.rstrip(".") for k in RESUME_KEYS)
             raise UserError(f"slide rl --resume RUN_DIR {moved[0]}: a resumed run keeps its config; only where it runs "
-                            f"may change ({', '.join(k.rstrip('.') for k in RESUME_KEYS)})")
+                            f"and how long a step may stall may change ({keys})")
         cfg = load_config(RLConfig, str(RunDir.config_of(a.resume)), overrides)
         resolve_device(cfg.device)  # before open() trims the logs past the last checkpoint
         run_dir, ckpt = RunDir.open(a.resume)
@@ -100,7 +101,7 @@ def cmd_rl(a) -> None:
 
 
 RESUME_KEYS = ("train.world_size", "train.rank_threads", "train.offload", "rollout.engines", "rollout.engine_threads",
-               "cluster.", "threads")  # where a resumed run runs; nothing that changes what it computes
+               "cluster.", "threads", "watchdog_s")  # where it runs, how long a step may stall: never what it computes
 
 
 def cmd_eval(a) -> None:

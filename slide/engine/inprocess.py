@@ -92,7 +92,6 @@ class InProcessEngine:
         with self.packed.active(batch_hint=min(len(flat), self.max_batch)):
             for start in range(0, len(flat), self.max_batch):
                 out += self._generate_batch(flat[start:start + self.max_batch], params, generator)
-                beat()  # progress, for the run's watchdog
         return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator) -> list[Completion]:
@@ -122,6 +121,7 @@ class InProcessEngine:
                 if step < params.min_new_tokens and len(stop):
                     logits[:, stop] = float("-inf")
                 tok, lp = sample_token(logits, params, generator)
+                beat()  # progress, for the run's watchdog: every token (a long generate on a busy CPU is not a stall)
                 ended = torch.isin(tok, stop) if len(stop) else torch.zeros_like(tok, dtype=torch.bool)
                 for r, t, l, e in zip(live.tolist(), tok.tolist(), lp.tolist(), ended.tolist()):
                     tokens[r].append(t)
