@@ -8,6 +8,7 @@
     slide bench --model DIR --prompts P --gens G --len L --steps S
     slide data synth|measure|filter|dedup ...    # curate datasets (slide/datatools/)
     slide ablate NAME                            # a GLM RL lesson, both arms x seeds (slide/ablate/)
+    slide serve CHECKPOINT [--host H] [--port N] # an OpenAI-compatible API over the engine (slide/serve/)
 
 Every command that runs a model takes a device: `device=auto|cpu|cuda|cuda:N` in sft/rl configs, `--device` for
 the others (auto: CUDA when present). Bad input (config, data, checkpoint, flag, a device this machine lacks)
@@ -159,6 +160,13 @@ def cmd_ablate(a) -> None:
     run_ablation(a.name, a.out, tuple(a.seeds), quick=a.quick, parallel=a.parallel, device=a.device)
 
 
+def cmd_serve(a) -> None:
+    from slide.serve.server import serve
+    device = resolve_device(a.device)
+    serve(a.checkpoint, a.host, a.port, device, DTYPES[precision_for(a.dtype, device)], a.name, a.max_model_len,
+          a.log_level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="slide", description="RL post-training for reasoning and agentic LLMs (GLM-4.5 recipe)")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -198,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--quick", action="store_true", help="toy size: a smoke test of the whole path")
     add_device_arguments(ab, dtype=False)
     ab.set_defaults(fn=cmd_ablate)
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP API (chat, completions, tools, reasoning)")
+    sv.add_argument("checkpoint", help="a local Hugging Face causal LM folder (e.g. RUN/checkpoints/step_N/model)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000, help="0: a free port (printed)")
+    sv.add_argument("--name", help="the model name clients send (default: the checkpoint path as given)")
+    sv.add_argument("--max-model-len", type=int, help="context length (default: the model's max positions)")
+    sv.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    add_device_arguments(sv)
+    sv.set_defaults(fn=cmd_serve)
     from slide.datatools.cli import add_parser as add_data_parser
     add_data_parser(sub)
     return p
