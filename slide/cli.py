@@ -4,7 +4,8 @@
     slide sft CONFIG [key=value ...]             # cold-start SFT
     slide rl CONFIG [key=value ...]              # colocated synchronous RL
     slide rl --resume RUN_DIR                    # continue a killed run
-    slide eval --model DIR --data SPEC [--k N]   # pass@1 / pass@k per family and level (--device, --dtype)
+    slide eval --model DIR --data SPEC [--n N] [--k 1 4 8]   # pass@k (unbiased, n >= k samples) and avg@n
+                                                             # per family and level (--device, --dtype)
     slide bench --model DIR --prompts P --gens G --len L --steps S
     slide data synth|measure|filter|dedup ...    # curate datasets (slide/datatools/)
     slide ablate NAME                            # a GLM RL lesson, both arms x seeds (slide/ablate/)
@@ -111,17 +112,19 @@ def cmd_eval(a) -> None:
     from slide.model.load import load_with_tokenizer
     from slide.rl.data import eval_problems
     from slide.tasks import parse_task_specs
-    if a.k < 1:
-        raise UserError(f"--k must be >= 1, got {a.k}")
+    if min(a.k) < 1 or (a.n is not None and a.n < max(a.k)):
+        raise UserError(f"--k {' '.join(map(str, a.k))} --n {a.n}: every k must be >= 1 and n (samples per problem, "
+                        f"default the largest k) at least the largest k")
     device = resolve_device(a.device)
     model, tok = load_with_tokenizer(a.model, "--model", DTYPES[precision_for(a.dtype, device)], device)
-    specs = parse_task_specs(a.data)
+    data = ",".join(a.data)  # a suite: several --data specs (or one comma-joined spec), each file its own family
+    specs = parse_task_specs(data)
     problems = eval_problems(specs, a.prompts, a.seed)
-    result = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=a.k,
-                      temperature=a.temperature, max_new_tokens=a.max_new_tokens)
+    result = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=max(a.k),
+                      n=a.n, ks=tuple(a.k), temperature=a.temperature, max_new_tokens=a.max_new_tokens)
     print_eval(result)
     out = Path(a.out or Path(a.model) / "eval.json")
-    out.write_text(json.dumps({"model": a.model, "data": a.data, **result}, indent=2))
+    out.write_text(json.dumps({"model": a.model, "data": data, **result}, indent=2))
     print(f"written: {out}")
 
 
@@ -179,10 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*")
     r.add_argument("--resume", metavar="RUN_DIR")
     r.set_defaults(fn=cmd_rl)
-    e = sub.add_parser("eval", help="pass@k per task family and level")
+    e = sub.add_parser("eval", help="pass@k and avg@n per task family and level")
     e.add_argument("--model", required=True)
-    e.add_argument("--data", required=True, help="task spec, e.g. arithmetic:1-3,countdown:2 or data.jsonl")
-    e.add_argument("--k", type=int, default=1)
+    e.add_argument("--data", required=True, nargs="+",
+                   help="task specs, e.g. arithmetic:1-3,countdown:2 or a.jsonl b.jsonl (a suite)")
+    e.add_argument("--k", type=int, nargs="+", default=[1], help="the j of pass@j to report (1 always)")
+    e.add_argument("--n", type=int, help="samples per problem (default the largest k; 1 = greedy)")
     e.add_argument("--prompts", type=int, default=200)
     e.add_argument("--temperature", type=float, default=1.0)
     e.add_argument("--max-new-tokens", type=int, default=96)
