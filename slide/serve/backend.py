@@ -11,6 +11,7 @@ Every request runs its engine call on its own thread, so that concurrent request
 and share one engine call (requests with equal temperature/top_p share a batch; others wait for the next one). The
 engine's on_step callback runs on the batch leader's thread: it counts each row's tokens against its own
 max_tokens, stops rows whose client left or whose text hit a stop string, and hands the tokens to the event loop.
+A request that arrives while a batch decodes waits for the batch to end (BatchingEngine batches whole calls).
 """
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ from slide.engine.batching import BatchingEngine
 from slide.engine.inprocess import Completion, InProcessEngine, SamplingParams
 from slide.model.chat import chat_format
 from slide.model.tokenizer import stop_token_ids
+
+
+# A free engine waits this long before starting a batch, so that requests arriving together (clients that send
+# again as soon as an answer ends) share it instead of the first one running alone: +10 ms to a lone request's
+# time to first token
+GATHER_S = 0.01
 
 
 class Job:
@@ -86,12 +93,13 @@ class Job:
 class Backend:
     """A model, its tokenizer and chat format, and the batching engine that serves every request."""
 
-    def __init__(self, model, tok, name: str, max_model_len: int | None = None, max_concurrency: int = 256):
+    def __init__(self, model, tok, name: str, max_model_len: int | None = None, max_concurrency: int = 256,
+                 gather_s: float = GATHER_S):
         self.tok, self.name = tok, name
         self.fmt = chat_format(tok)
         self.stop_ids = tuple(stop_token_ids(tok))
         self.max_model_len = max_model_len or getattr(model.config, "max_position_embeddings", None) or 2048
-        self.engine = BatchingEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id or 0))
+        self.engine = BatchingEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id or 0), gather_s)
         self.pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="slide-serve")
         self.jobs: set[Job] = set()
         self.lock = threading.Lock()
