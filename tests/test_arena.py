@@ -60,8 +60,10 @@ def test_verifier_arena_ranks_the_trained_checkpoint_first(sft_model, tmp_path, 
                  max_new_tokens=48, out=tmp_path / "arena", device=torch.device("cpu"), dtype=torch.float32, rounds=50)
     [pair] = result["pairs"]
     assert (pair["a"], pair["b"]) == ("sft", "fresh") and pair["games"] == 24
-    assert pair["win"] > pair["loss"] and pair["win_rate_ci95"][0] > 0.5
+    assert pair["win"] >= pair["loss"] + 3 and pair["win_rate"] > 0.5  # most games tie: both wrong
     assert [r["player"] for r in result["ratings"]] == ["sft", "fresh"]
+    sft, fresh = result["ratings"]
+    assert sft["ci95"][0] > fresh["rating"] and fresh["ci95"][1] < sft["rating"]
     saved = json.loads((tmp_path / "arena" / "arena.json").read_text())
     assert len(saved["games"]) == 24 and (tmp_path / "arena" / "arena.png").stat().st_size > 0
 
