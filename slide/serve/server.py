@@ -29,8 +29,9 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as e:
-        raise UserError(f"--host {host} --port {port}: cannot listen there ({os.strerror(e.errno) if e.errno else e}); is another server "
-                        f"using the port? (--port 0 picks a free one)") from None
+        why = os.strerror(e.errno) if e.errno else str(e)
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({why}); is another server using the "
+                        f"port? (--port 0 picks a free one)") from None
 
 
 class Server(uvicorn.Server):
