@@ -2,10 +2,11 @@
 
     .venv/bin/python benchmarks/fsdp_scale.py                 # ~4 min on 2 idle cores
     .venv/bin/python benchmarks/fsdp_scale.py --steps 5 --layers 8 --grad-ckpt
+    .venv/bin/python benchmarks/fsdp_scale.py --hidden 1024 --layers 16 --batch 8 --micro-batch 2 --steps 2
 
 The model: a dense Qwen2 of ~27M parameters (hidden 512, MLP 1536, 8 heads on 4 key/value heads, 32K vocabulary,
-tied embeddings; --layers 4, as benchmarks/lora_vs_full.py), built here with a fixed seed. One step =
-PolicyTrainer.step on 32 sequences of 64 prompt + 64 response tokens, micro-batches of 8, fp32, as `slide rl`
+tied embeddings; --layers 4, as benchmarks/lora_vs_full.py; --hidden and --layers scale it), built here with a
+fixed seed. One step = PolicyTrainer.step on 32 sequences of 64 prompt + 64 response tokens, micro-batches of 8, fp32, as `slide rl`
 runs it: one process on the whole batch, or each of 2 ranks on its half with the policy sharded by
 slide/cluster/fsdp.py (fully_shard per decoder layer, gradients summed, AdamW on the shards), one torch thread per
 process either way (2 ranks = 2 cores, 1 process = 1 core: the per-core cost is what the ratio compares).
@@ -43,14 +44,14 @@ def _rank(rank: int, world: int, a, port: int, out) -> None:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
     vocab = 32000
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=512, intermediate_size=1536,
-                                         num_hidden_layers=a.layers, num_attention_heads=8, num_key_value_heads=4,
-                                         tie_word_embeddings=True))
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=a.hidden, intermediate_size=3 * a.hidden,
+                                         num_hidden_layers=a.layers, num_attention_heads=a.hidden // 64,
+                                         num_key_value_heads=a.hidden // 128, tie_word_embeddings=True))
     if world > 1:
         from slide.cluster.fsdp import shard
         model = shard(model, torch.float32)
-    trainer = PolicyTrainer(model, TrainSpec(lr=1e-5, micro_batch=8, gradient_checkpointing=a.grad_ckpt), AlgoSpec(),
-                            1.0, 0, 0.0)
+    trainer = PolicyTrainer(model, TrainSpec(lr=1e-5, micro_batch=a.micro_batch, gradient_checkpointing=a.grad_ckpt),
+                            AlgoSpec(), 1.0, 0, 0.0)
     gen = torch.Generator().manual_seed(0)
     samples = [Sample(prompt_ids=torch.randint(1, vocab, (64,), generator=gen).tolist(),
                       response_ids=torch.randint(1, vocab, (64,), generator=gen).tolist(), loss_mask=[1] * 64,
@@ -103,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=512, help="hidden size (MLP 3x, heads of 64, key/value heads of 128)")
+    ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--grad-ckpt", action="store_true", help="train.gradient_checkpointing: activations recomputed "
                                                               "in the backward, so the model state dominates memory")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fsdp_scale.json"))

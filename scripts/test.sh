@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# chromium (tests only): the browser tests/test_view.py drives through Playwright (whose own browser download
+# cannot run on these machines); Debian's package
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 . .venv/bin/activate
 if [ $# -gt 0 ]; then
   exec python -m pytest -q "$@"

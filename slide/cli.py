@@ -6,10 +6,14 @@
     slide sft CONFIG [key=value ...]             # cold-start SFT
     slide rl CONFIG [key=value ...]              # colocated synchronous RL
     slide rl --resume RUN_DIR                    # continue a killed run
-    slide eval --model DIR --data SPEC [--k N]   # pass@1 / pass@k per family and level (--device, --dtype)
+    slide eval --model DIR --data SPEC [--n N] [--k 1 4 8]   # pass@k (unbiased, n >= k samples) and avg@n
+                                                             # per family and level (--device, --dtype)
     slide bench --model DIR --prompts P --gens G --len L --steps S
     slide data synth|measure|filter|dedup ...    # curate datasets (slide/datatools/)
     slide ablate NAME                            # a GLM RL lesson, both arms x seeds (slide/ablate/)
+    slide serve CHECKPOINT [--host H] [--port N] # an OpenAI-compatible API over the engine (slide/serve/)
+    slide arena A=DIR B=URL#MODEL --data SPEC    # pairwise games, win/tie/loss, Bradley-Terry (slide/eval/arena.py)
+    slide view RUNS_DIR [--port N]               # a local web page over runs: charts, trajectory browser
 
 Every command that runs a model takes a device: `device=auto|cpu|cuda|cuda:N` in sft/rl configs, `--device` for
 the others (auto: CUDA when present). Bad input (config, data, checkpoint, flag, a device this machine lacks)
@@ -73,8 +77,9 @@ def cmd_rl(a) -> None:
         overrides = [x for x in (a.config, *a.overrides) if x]
         moved = [x for x in overrides if not x.split("=", 1)[0].startswith(RESUME_KEYS)]
         if moved:
+            keys = ", ".join(k.rstrip(".") for k in RESUME_KEYS)
             raise UserError(f"slide rl --resume RUN_DIR {moved[0]}: a resumed run keeps its config; only where it runs "
-                            f"may change ({', '.join(k.rstrip('.') for k in RESUME_KEYS)})")
+                            f"and how long a step may stall may change ({keys})")
         cfg = load_config(RLConfig, str(RunDir.config_of(a.resume)), overrides)
         resolve_device(cfg.device)  # before open() trims the logs past the last checkpoint
         run_dir, ckpt = RunDir.open(a.resume)
@@ -134,7 +139,7 @@ def cmd_pretrain(a) -> None:
 
 
 RESUME_KEYS = ("train.world_size", "train.rank_threads", "train.offload", "rollout.engines", "rollout.engine_threads",
-               "cluster.", "threads")  # where a resumed run runs; nothing that changes what it computes
+               "cluster.", "threads", "watchdog_s")  # where it runs, how long a step may stall: never what it computes
 
 
 def cmd_eval(a) -> None:
@@ -144,17 +149,19 @@ def cmd_eval(a) -> None:
     from slide.model.load import load_with_tokenizer
     from slide.rl.data import eval_problems
     from slide.tasks import parse_task_specs
-    if a.k < 1:
-        raise UserError(f"--k must be >= 1, got {a.k}")
+    if min(a.k) < 1 or (a.n is not None and a.n < max(a.k)):
+        raise UserError(f"--k {' '.join(map(str, a.k))} --n {a.n}: every k must be >= 1 and n (samples per problem, "
+                        f"default the largest k) at least the largest k")
     device = resolve_device(a.device)
     model, tok = load_with_tokenizer(a.model, "--model", DTYPES[precision_for(a.dtype, device)], device)
-    specs = parse_task_specs(a.data)
+    data = ",".join(a.data)  # a suite: several --data specs (or one comma-joined spec), each file its own family
+    specs = parse_task_specs(data)
     problems = eval_problems(specs, a.prompts, a.seed)
-    result = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=a.k,
-                      temperature=a.temperature, max_new_tokens=a.max_new_tokens)
+    result = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=max(a.k),
+                      n=a.n, ks=tuple(a.k), temperature=a.temperature, max_new_tokens=a.max_new_tokens)
     print_eval(result)
     out = Path(a.out or Path(a.model) / "eval.json")
-    out.write_text(json.dumps({"model": a.model, "data": a.data, **result}, indent=2))
+    out.write_text(json.dumps({"model": a.model, "data": data, **result}, indent=2))
     print(f"written: {out}")
 
 
@@ -193,6 +200,27 @@ def cmd_ablate(a) -> None:
     run_ablation(a.name, a.out, tuple(a.seeds), quick=a.quick, parallel=a.parallel, device=a.device)
 
 
+def cmd_arena(a) -> None:
+    from slide.eval.arena import print_tables, run
+    device = resolve_device(a.device)
+    result = run(a.players, a.data, a.prompts, a.seed, a.judge, a.max_new_tokens, Path(a.out), device,
+                 DTYPES[precision_for(a.dtype, device)], a.bootstrap)
+    print_tables(result)
+    print(f"written: {Path(a.out) / 'arena.json'}, {Path(a.out) / 'arena.png'}")
+
+
+def cmd_view(a) -> None:
+    from slide.serve.view import view
+    view(a.runs_dir, a.host, a.port)
+
+
+def cmd_serve(a) -> None:
+    from slide.serve.server import serve
+    device = resolve_device(a.device)
+    serve(a.checkpoint, a.host, a.port, device, DTYPES[precision_for(a.dtype, device)], a.name, a.max_model_len,
+          a.log_level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="slide", description="RL post-training for reasoning and agentic LLMs (GLM-4.5 recipe)")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -213,10 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*")
     r.add_argument("--resume", metavar="RUN_DIR")
     r.set_defaults(fn=cmd_rl)
-    e = sub.add_parser("eval", help="pass@k per task family and level")
+    e = sub.add_parser("eval", help="pass@k and avg@n per task family and level")
     e.add_argument("--model", required=True)
-    e.add_argument("--data", required=True, help="task spec, e.g. arithmetic:1-3,countdown:2 or data.jsonl")
-    e.add_argument("--k", type=int, default=1)
+    e.add_argument("--data", required=True, nargs="+",
+                   help="task specs, e.g. arithmetic:1-3,countdown:2 or a.jsonl b.jsonl (a suite)")
+    e.add_argument("--k", type=int, nargs="+", default=[1], help="the j of pass@j to report (1 always)")
+    e.add_argument("--n", type=int, help="samples per problem (default the largest k; 1 = greedy)")
     e.add_argument("--prompts", type=int, default=200)
     e.add_argument("--temperature", type=float, default=1.0)
     e.add_argument("--max-new-tokens", type=int, default=96)
@@ -240,6 +270,31 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--quick", action="store_true", help="toy size: a smoke test of the whole path")
     add_device_arguments(ab, dtype=False)
     ab.set_defaults(fn=cmd_ablate)
+    ar = sub.add_parser("arena", help="models answer the same prompts; pairwise win/tie/loss, Bradley-Terry ratings")
+    ar.add_argument("players", nargs="+", help="[NAME=]CHECKPOINT_FOLDER or [NAME=]URL#MODEL (two or more)")
+    ar.add_argument("--data", required=True, help="task spec of the prompts, e.g. arithmetic:1-3 or data.jsonl")
+    ar.add_argument("--prompts", type=int, default=100)
+    ar.add_argument("--judge", help="URL#MODEL of a judge model (default: the task's verifier)")
+    ar.add_argument("--max-new-tokens", type=int, default=96)
+    ar.add_argument("--seed", type=int, default=0)
+    ar.add_argument("--bootstrap", type=int, default=200, help="bootstrap rounds of the rating intervals")
+    ar.add_argument("--out", default="runs/arena")
+    add_device_arguments(ar)
+    ar.set_defaults(fn=cmd_arena)
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP API (chat, completions, tools, reasoning)")
+    sv.add_argument("checkpoint", help="a local Hugging Face causal LM folder (e.g. RUN/checkpoints/step_N/model)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000, help="0: a free port (printed)")
+    sv.add_argument("--name", help="the model name clients send (default: the checkpoint path as given)")
+    sv.add_argument("--max-model-len", type=int, help="context length (default: the model's max positions)")
+    sv.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    add_device_arguments(sv)
+    sv.set_defaults(fn=cmd_serve)
+    vw = sub.add_parser("view", help="a local web page: runs side by side, a trajectory browser")
+    vw.add_argument("runs_dir", help="a run folder, or a folder of runs (e.g. runs)")
+    vw.add_argument("--host", default="127.0.0.1")
+    vw.add_argument("--port", type=int, default=8080, help="0: a free port (printed)")
+    vw.set_defaults(fn=cmd_view)
     from slide.datatools.cli import add_parser as add_data_parser
     add_data_parser(sub)
     return p

@@ -66,3 +66,6 @@ def test_existing_run_is_never_overwritten(tmp_path):
     assert_user_error(slide("rl", f"out_dir={tmp_path}/runs", "steps=1"), str(run), "--resume")
     assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
     assert_user_error(slide("rl", "--resume", str(tmp_path / "nothing")), "not a run directory")
+    # a resume may change where the run runs and its watchdog, never what it computes
+    assert_user_error(slide("rl", "--resume", str(run), "train.lr=1"), "train.lr=1", "keeps its config", "watchdog_s")
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'

@@ -177,3 +177,27 @@ def test_set_threads_calls_torch_only_to_change_the_count(monkeypatch):
     assert calls == []
     set_threads(now + 1)
     assert calls == [now + 1]
+
+
+def test_on_step_sees_every_token_and_stops_the_rows_it_names(model, tok):
+    """The streaming hook (slide serve): flat prompt-major rows, each sampled token once, named rows end at once
+    ("abort") and the others decode as without the hook; through BatchingEngine each caller sees its own rows."""
+    from slide.engine.batching import BatchingEngine
+    eng = InProcessEngine(model, tok.pad_token_id)
+    params = SamplingParams(temperature=0, max_new_tokens=10, min_new_tokens=10)
+    plain = eng.generate(PROMPTS[:2], params, n=2)
+    seen: dict[int, list[int]] = {}
+
+    def on_step(rows, tokens):
+        for r, t in zip(rows, tokens):
+            seen.setdefault(r, []).append(t)
+        return [r for r in rows if r == 1 and len(seen[1]) == 3]
+    out = eng.generate(PROMPTS[:2], params, n=2, on_step=on_step)
+    flat = [c for g in out for c in g]
+    assert [c.tokens for c in flat] == [seen[r] for r in range(4)]
+    assert len(flat[1].tokens) == 3 and flat[1].finish_reason == "abort"
+    assert [c.tokens for i, c in enumerate(flat) if i != 1] == [c.tokens for i, c in enumerate(
+        [c for g in plain for c in g]) if i != 1]
+    mine: list[int] = []
+    [[c]] = BatchingEngine(eng).generate([PROMPTS[2]], params, on_step=lambda rows, toks: mine.extend(rows))
+    assert mine == [0] * 10 and len(c.tokens) == 10

@@ -35,3 +35,56 @@ def test_before_after_table_gives_the_change_in_points(capsys):
     rows = {line.split("│")[2].strip(): line for line in capsys.readouterr().out.splitlines() if line.count("│") > 5}
     # level 1: 0.50 -> 0.55 = +5.0 points; level 2: 0.25 -> 0.38 = +13.0; all 200: 0.375 -> 0.465 = +9.0
     assert "+5.0" in rows["1"] and "+13.0" in rows["2"] and "+9.0" in rows[""]
+
+
+def test_pass_at_j_and_avg_from_n_samples_hand_values():
+    """Two problems with 4 samples each, 2 and 0 correct: pass@1 = (2/4 + 0) / 2 = 0.25; pass@2 = (1 - C(2,2)/C(4,2)
+    + 0) / 2 = (5/6) / 2 = 5/12; pass@4 = (1 + 0) / 2 = 0.5; avg@4 = 2 / 8 = 0.25."""
+    from slide.eval.passk import score_cells
+    rows, summary = score_cells({("arithmetic", 1): [2, 0]}, n=4, ks=(1, 2, 4))
+    assert summary["pass@1"] == 0.25 and abs(summary["pass@2"] - 5 / 12) < 1e-12 and summary["pass@4"] == 0.5
+    assert summary["avg@4"] == 0.25 and rows[0]["prompts"] == 2 and abs(rows[0]["pass@2"] - 5 / 12) < 1e-12
+    # two cells, each problem weighs the same: level 2 has one problem with 3 of 4 correct
+    _, summary = score_cells({("arithmetic", 1): [2, 0], ("arithmetic", 2): [3]}, n=4, ks=(1, 2))
+    assert abs(summary["pass@1"] - (0.5 + 0 + 0.75) / 3) < 1e-12  # 7/12
+    assert abs(summary["pass@2"] - (5 / 6 + 0 + 1) / 3) < 1e-12  # 1 - C(1,2)/C(4,2) = 1 for 3 correct
+    assert summary["arithmetic/L2/pass@1"] == 0.75
+
+
+def test_evaluate_samples_n_and_scores_every_k(tok):
+    """evaluate() end to end on an engine that answers problem i right in its first `right[i]` samples."""
+    import random
+
+    from slide.engine.inprocess import Completion
+    from slide.eval.passk import evaluate
+    from slide.model.tokenizer import stop_token_ids
+    from slide.tasks import Arithmetic
+    task, rng = Arithmetic(), random.Random(0)
+    problems = [task.generate(rng, 1) for _ in range(2)]
+    right = [3, 1]
+
+    class Answers:
+        version = 0
+
+        def generate(self, prompts, params, n=1, generator=None):
+            assert params.temperature > 0 and len(prompts) == 2 and n == 4  # sampled, n per problem
+            out = []
+            for i, _ in enumerate(prompts):
+                texts = [problems[i].answer if j < right[i] else "-1" for j in range(n)]
+                ids = [tok.encode(f"<think>x</think>\n{t}", add_special_tokens=False) + [stop_token_ids(tok)[0]]
+                       for t in texts]
+                out.append([Completion(x, [0.0] * len(x), "stop") for x in ids])
+            return out
+    result = evaluate(Answers(), tok, problems, {"arithmetic": task.verify}, n=4, ks=(2, 4))
+    s = result["summary"]
+    assert result["ks"] == [1, 2, 4] and result["n"] == 4 and result["k"] == 4
+    assert s["pass@1"] == s["avg@4"] == 0.5  # (3/4 + 1/4) / 2
+    assert abs(s["pass@2"] - (1.0 + 0.5) / 2) < 1e-12  # 3 right: 1; 1 right: 1 - C(3,2)/C(4,2) = 1/2
+    assert s["pass@4"] == 1.0
+
+
+def test_eval_refuses_fewer_samples_than_k(capsys, tmp_path):
+    from slide.cli import main
+    assert main(["eval", "--model", str(tmp_path), "--data", "arithmetic:1", "--k", "1", "8", "--n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --k 1 8 --n 4") and err.count("\n") == 1

@@ -13,17 +13,20 @@ extra thread.
 Requests in one batch must share their sampling parameters except max_new_tokens: the batch runs to the
 largest, and each caller's completions are cut back to its own (finish_reason "length" where cut). Requests
 with other parameters wait for a later batch. The generator of the batch's first request is used. An
-exception in the engine call is raised in every caller of that batch. load_weights takes the engine the same
+exception in the engine call is raised in every caller of that batch. A caller's on_step (StepCallback, e.g. a
+server streaming tokens) sees its own rows only, numbered as in its own call; the engine gets a callback only when
+some caller in the batch has one. load_weights takes the engine the same
 way, so a weight load never overlaps a generate call: it lands between two batches.
 """
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, replace
 
 import torch
 
-from slide.engine.inprocess import Completion, SamplingParams
+from slide.engine.inprocess import Completion, SamplingParams, StepCallback
 
 
 @dataclass
@@ -32,6 +35,7 @@ class _Request:
     params: SamplingParams
     n: int
     generator: torch.Generator | None
+    on_step: StepCallback | None = None
     done: bool = False
     result: list[list[Completion]] | None = None
     error: BaseException | None = None
@@ -48,8 +52,11 @@ class BatchingEngine:
     """Wraps an engine (generate, load_weights, version) so that concurrent generate calls share batches and
     never overlap a weight load."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, gather_s: float = 0.0):
         self.engine = engine
+        # a new leader waits this long before taking the queue, so that requests arriving together share a batch
+        # (a server's clients; 0 for rollout workers, whose episodes queue while the previous batch runs)
+        self.gather_s = gather_s
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
         self._busy = False  # a leader's batch or a weight load holds the engine
@@ -82,8 +89,9 @@ class BatchingEngine:
             self._cond.notify_all()
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1,
-                 generator: torch.Generator | None = None) -> list[list[Completion]]:
-        request = _Request(prompts, params, n, generator)
+                 generator: torch.Generator | None = None, on_step: StepCallback | None = None
+                 ) -> list[list[Completion]]:
+        request = _Request(prompts, params, n, generator, on_step)
         with self._cond:
             self._queue.append(request)
         while True:
@@ -92,8 +100,12 @@ class BatchingEngine:
                     self._cond.wait()  # woken when a leader (or a weight load) finishes
                 if request.done:
                     break
-                self._busy, batch = True, self._take()
+                self._busy = True
             try:
+                if self.gather_s:
+                    time.sleep(self.gather_s)
+                with self._cond:
+                    batch = self._take()
                 self._run(batch)
             finally:
                 self._release()
@@ -117,9 +129,10 @@ class BatchingEngine:
 
     def _run(self, batch: list[_Request]) -> None:
         params = replace(batch[0].params, max_new_tokens=max(r.params.max_new_tokens for r in batch))
+        step = {"on_step": _fan_out(batch)} if any(r.on_step for r in batch) else {}
         try:
             out = self.engine.generate([p for r in batch for p in r.prompts], params, n=batch[0].n,
-                                       generator=batch[0].generator)
+                                       generator=batch[0].generator, **step)
             start = 0
             for r in batch:
                 rows = out[start:start + len(r.prompts)]
@@ -133,3 +146,23 @@ class BatchingEngine:
         self.rows += sum(len(r.prompts) * r.n for r in batch)
         for r in batch:
             r.done = True  # read by the waiters under the lock, after the leader's notify_all
+
+
+def _fan_out(batch: list[_Request]) -> StepCallback:
+    """One engine callback for a batch: each request's on_step gets its own rows (renumbered from 0) and tokens."""
+    spans, start = [], 0
+    for r in batch:
+        size = len(r.prompts) * r.n
+        spans.append((r, start, start + size))
+        start += size
+
+    def on_step(rows: list[int], tokens: list[int]) -> list[int]:
+        halt: list[int] = []
+        for r, lo, hi in spans:
+            if r.on_step is None:
+                continue
+            mine = [(row - lo, t) for row, t in zip(rows, tokens) if lo <= row < hi]
+            if mine:
+                halt += [lo + row for row in r.on_step([m[0] for m in mine], [m[1] for m in mine]) or ()]
+        return halt
+    return on_step

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import inspect
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 
@@ -38,16 +38,16 @@ class SamplingParams:
 class Completion:
     tokens: list[int]  # response ids; ends with the stop token when finish_reason == "stop"
     logprobs: list[float]  # one per token, under the sampling distribution
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "abort" (the caller's on_step stopped it)
     version: int = 0  # policy version of the weights that sampled it
     # record_routes: the routed experts of prompt + tokens[:-1], [moe layers, positions, top_k] (slide/model/routing.py)
     routes: torch.Tensor | None = None
 
 
-@dataclass
-class _Batch:
-    rows: list[int]  # original row index of each live batch row
-    done: list[bool] = field(default_factory=list)
+# on_step(rows, tokens) -> rows to stop: called after every decode step with the flat index (prompt i, sample j:
+# i * n + j) of each row still generating and the token it just sampled; the rows it returns end now ("abort").
+# How a server streams tokens as they are decoded and frees the rows of a client that went away.
+StepCallback = Callable[[list[int], list[int]], Iterable[int] | None]
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
@@ -85,17 +85,19 @@ class InProcessEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1,
-                 generator: torch.Generator | None = None) -> list[list[Completion]]:
-        """For each prompt, n completions (prompt-major: result[i][j] is sample j of prompt i)."""
+                 generator: torch.Generator | None = None, on_step: StepCallback | None = None
+                 ) -> list[list[Completion]]:
+        """For each prompt, n completions (prompt-major: result[i][j] is sample j of prompt i); `on_step` sees
+        every decode step and may stop rows (StepCallback)."""
         flat = [p for p in prompts for _ in range(n)]
         out: list[Completion] = []
         with self.packed.active(batch_hint=min(len(flat), self.max_batch)):
             for start in range(0, len(flat), self.max_batch):
-                out += self._generate_batch(flat[start:start + self.max_batch], params, generator)
-                beat()  # progress, for the run's watchdog
+                out += self._generate_batch(flat[start:start + self.max_batch], params, generator, on_step, start)
         return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator) -> list[Completion]:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator,
+                        on_step: StepCallback | None = None, offset: int = 0) -> list[Completion]:
         B, P = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((B, P), self.pad, dtype=torch.long)
         mask = torch.zeros((B, P), dtype=torch.long)
@@ -122,12 +124,15 @@ class InProcessEngine:
                 if step < params.min_new_tokens and len(stop):
                     logits[:, stop] = float("-inf")
                 tok, lp = sample_token(logits, params, generator)
+                beat()  # progress, for the run's watchdog: every token (a long generate on a busy CPU is not a stall)
                 ended = torch.isin(tok, stop) if len(stop) else torch.zeros_like(tok, dtype=torch.bool)
                 for r, t, l, e in zip(live.tolist(), tok.tolist(), lp.tolist(), ended.tolist()):
                     tokens[r].append(t)
                     logprobs[r].append(l)
                     if e:
                         finish[r] = "stop"
+                if on_step is not None:
+                    ended = self._stopped(on_step, live, tok, ended, finish, offset)
                 keep = ~ended
                 if not keep.any():
                     break
@@ -140,6 +145,18 @@ class InProcessEngine:
                 next_pos = next_pos[:, -1:] + 1
         routes = [recorder.routes(i, len(p), len(tokens[i])) if recorder else None for i, p in enumerate(prompts)]
         return [Completion(tokens[i], logprobs[i], finish[i], self.version, routes[i]) for i in range(B)]
+
+    @staticmethod
+    def _stopped(on_step: StepCallback, live: torch.Tensor, tok: torch.Tensor, ended: torch.Tensor,
+                 finish: list[str], offset: int) -> torch.Tensor:
+        """`ended` [b] plus the rows on_step stops (finish "abort" unless a stop token ended them anyway)."""
+        rows = live.tolist()
+        halt = {r - offset for r in on_step([r + offset for r in rows], tok.tolist()) or ()}
+        if not halt:
+            return ended
+        for r in halt:
+            finish[r] = "stop" if finish[r] == "stop" else "abort"
+        return ended | torch.tensor([r in halt for r in rows], device=ended.device)
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> int:

@@ -81,7 +81,8 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
     run_dir.log_trajectories([s.record(at) for at, g in restored if at > p.start for s in g])  # truncated rows
     # handed out before the kill and not delivered: generated again
     pool.requeue = without([Problem(**x) for x in p.state.get("outstanding", [])], [g[0].problem for g in ready])
-    next_group = p.state.get("next_group", 0)
+    # ids go on past any restored group: one handed out after the checkpoint and finished before the kill keeps its id
+    next_group = max([p.state.get("next_group", 0)] + [g[0].group + 1 for _, g in restored])
     P = cfg.rollout.prompts_per_step
     step, dropped, reward_stats, seen = p.start, Counter(), Counter(), []  # the step's, for collect()
     last_eval = None
