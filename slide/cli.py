@@ -1,6 +1,8 @@
 """The `slide` command.
 
     slide demo                                   # SFT -> RL -> eval on the demo-size tiny GLM, CPU
+    slide pretrain CONFIG [key=value ...]        # staged pre-/mid-training (slide/pretrain/); --resume RUN_DIR
+    slide pretrain CONFIG --chain                # ... then SFT -> RL -> eval from it, one report
     slide sft CONFIG [key=value ...]             # cold-start SFT
     slide rl CONFIG [key=value ...]              # colocated synchronous RL
     slide rl --resume RUN_DIR                    # continue a killed run
@@ -104,6 +106,38 @@ def cmd_rl(a) -> None:
         print(f"rl: {run_dir.path} had already reached steps={cfg.steps}; nothing to do")
 
 
+def cmd_pretrain(a) -> None:
+    from slide.config import PretrainConfig, dump_config, load_config
+    from slide.pretrain import runner
+    from slide.progress import StepProgress
+    from slide.rundir import RunDir
+    if a.resume:
+        if a.config or a.overrides:
+            raise UserError("slide pretrain --resume RUN_DIR: a resumed run keeps its config (no CONFIG or overrides)")
+        cfg = load_config(PretrainConfig, str(RunDir.config_of(a.resume)))
+        resolve_device(cfg.device)
+        run_dir, ckpt = RunDir.open(a.resume)
+    else:
+        cfg = load_config(PretrainConfig, *_config_args(a))
+        resolve_device(cfg.device)
+        runner.mixtures(cfg, runner.tokenizer_for(cfg.model.init))  # bad data files stop here, before the run exists
+        run_dir, ckpt = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg)), None
+    set_threads(cfg.threads)
+    total = sum(len(s) for s in runner.plan(cfg.stages, cfg.schedule))
+    start = int(ckpt.name.split("_")[-1]) if ckpt else 0
+    with StepProgress("pretrain", total, ["loss", "lr"], start=start) as bar:
+        result = runner.run(cfg, run_dir, ckpt, progress=bar.update)
+    run_dir.close()
+    for name, s in result["stages"].items():
+        loss = ", ".join(f"{k} {v:.3f}" for k, v in s["held_out_loss"].items())
+        needle = ", ".join(f"{k}: {v:.2f}" for k, v in s["needle_accuracy"].items())
+        print(f"pretrain {name}: held-out loss {loss}" + (f"; needle accuracy {needle}" if needle else ""))
+    print(f"pretrain: model in {result['final']}; summary in {run_dir.path / 'summary.json'}")
+    if a.chain or a.chain_quick:
+        from slide.pretrain.chain import run_chain
+        print(f"chain report: {run_chain(result, run_dir.path, a.chain_quick, cfg.device)}")
+
+
 RESUME_KEYS = ("train.world_size", "train.rank_threads", "train.offload", "rollout.engines", "rollout.engine_threads",
                "cluster.", "threads", "watchdog_s")  # where it runs, how long a step may stall: never what it computes
 
@@ -190,6 +224,14 @@ def cmd_serve(a) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="slide", description="RL post-training for reasoning and agentic LLMs (GLM-4.5 recipe)")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    pt = sub.add_parser("pretrain", help="staged pre-training and mid-training")
+    pt.add_argument("config", nargs="?")
+    pt.add_argument("overrides", nargs="*")
+    pt.add_argument("--resume", metavar="RUN_DIR")
+    pt.add_argument("--chain", action="store_true", help="then SFT -> RL -> eval from its final model (slide demo's "
+                                                         "settings); one report, RUN_DIR/chain.md")
+    pt.add_argument("--chain-quick", action="store_true", help="--chain at the demo's smoke-test settings")
+    pt.set_defaults(fn=cmd_pretrain)
     s = sub.add_parser("sft", help="cold-start SFT")
     s.add_argument("config", nargs="?")
     s.add_argument("overrides", nargs="*")

@@ -55,7 +55,8 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def run_demo(out: str, quick: bool = False, device: str = "auto") -> dict:
+def run_demo(out: str, quick: bool = False, device: str = "auto", init: str | None = None) -> dict:
+    """SFT (from `init`, an HF folder, e.g. a `slide pretrain` final/; None = random init) -> RL -> eval."""
     from slide import sft
     from slide.rl import sync
     root = Path(out)
@@ -66,7 +67,8 @@ def run_demo(out: str, quick: bool = False, device: str = "auto") -> dict:
     out = str(root)
     t0 = time.perf_counter()
     sft_cfg = load_config(SFTConfig, _config_path("demo_sft.yaml"),
-                          [f"out_dir={out}", f"device={device}", *(QUICK_SFT if quick else [])])
+                          [f"out_dir={out}", f"device={device}", *(QUICK_SFT if quick else []),
+                           *([f"model.init={init}"] if init else [])])
     sft_dir = RunDir.create(out, sft_cfg.name, dump_config(sft_cfg))
     with StepProgress("1/2 cold-start SFT", sft_cfg.steps, ["loss", "eval_pass@1"]) as bar:
         before = sft.run(sft_cfg, sft_dir, progress=bar.update)

@@ -22,10 +22,10 @@ from slide.engine.inprocess import InProcessEngine
 from slide.errors import UserError
 from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
-from slide.model.logprobs import token_logprobs
 from slide.model.lora import add_lora, has_lora, save_adapter, save_merged
 from slide.model.tiny import ExpertLoad
 from slide.model.chat import chat_format
+from slide.packing import first_fit, packed_backward, to_tensors
 from slide.model.tokenizer import tokenizer_for
 from slide.rl.data import PromptSource, eval_problems
 from slide.rundir import RunDir
@@ -48,42 +48,9 @@ def encode_example(tok, problem: Problem, thinking: bool) -> tuple[list[int], li
                                     problem.solution or problem.answer, thinking)
 
 def pack(examples: list[tuple[list[int], list[int]]], seq_len: int, pad: int):
-    """Greedy first-fit packing of whole examples into rows.
-
-    Returns ids [R, L], labels [R, L] (-100 where not trained), positions [R, L], mask [R, 1, L, L] (bool)
-    and real [R, L] (bool: an example's token, not padding; the router balance counts only these).
-    """
-    rows: list[list[tuple[list[int], list[int]]]] = []
-    room: list[int] = []
-    for ex in sorted(examples, key=lambda e: -len(e[0])):
-        ex = (ex[0][:seq_len], ex[1][:seq_len])
-        i = next((r for r, free in enumerate(room) if free >= len(ex[0])), None)
-        if i is None:
-            rows.append([]), room.append(seq_len)
-            i = len(rows) - 1
-        rows[i].append(ex)
-        room[i] -= len(ex[0])
-    R, L = len(rows), seq_len
-    ids = torch.full((R, L), pad, dtype=torch.long)
-    labels = torch.full((R, L), -100, dtype=torch.long)
-    pos = torch.zeros((R, L), dtype=torch.long)
-    doc = torch.full((R, L), -1, dtype=torch.long)
-    for r, row in enumerate(rows):
-        at = 0
-        for d, (x, m) in enumerate(row):
-            n = len(x)
-            ids[r, at:at + n] = torch.tensor(x)
-            # label of position i is token i+1, trained where token i+1 is a target token
-            lab = torch.tensor(x[1:] + [pad])
-            keep = torch.tensor(m[1:] + [0], dtype=torch.bool)
-            labels[r, at:at + n] = torch.where(keep, lab, torch.full_like(lab, -100))
-            pos[r, at:at + n] = torch.arange(n)
-            doc[r, at:at + n] = d
-            at += n
-    causal = torch.tril(torch.ones(L, L, dtype=torch.bool))
-    mask = (doc[:, :, None] == doc[:, None, :]) & causal & (doc[:, :, None] >= 0)
-    mask |= torch.eye(L, dtype=torch.bool)  # padding rows attend to themselves (no NaN), never trained
-    return ids, labels, pos, mask[:, None], doc >= 0
+    """Greedy first-fit packing of whole examples into rows (slide/packing.py): ids, labels, positions,
+    block-diagonal mask and the real-token mask."""
+    return to_tensors(first_fit(examples, seq_len), seq_len, pad)
 
 
 class ExampleStream:
@@ -110,22 +77,9 @@ class ExampleStream:
 def backward(model, load: ExpertLoad, batches: list[list[tuple[list[int], list[int]]]], seq_len: int,
              pad: int, autocast: torch.dtype = torch.float32) -> tuple[float, int]:
     """Gradients of the mean cross-entropy over the target tokens of all `batches` (each packed and run on its
-    own: gradient accumulation), exactly what one batch of all their examples gives, computed where the model is
-    (autocast: bf16 = mixed precision, fp32 weights). Returns (loss, targets)."""
+    own: gradient accumulation), exactly what one batch of all their examples gives (slide/packing.py)."""
     device = next(model.parameters()).device
-    packed = [[t.to(device) for t in pack(b, seq_len, pad)] for b in batches]
-    total = sum(int((labels != -100).sum()) for _, labels, _, _, _ in packed)
-    loss = 0.0
-    for ids, labels, pos, mask, real in packed:
-        rows, cols = (labels != -100).nonzero(as_tuple=True)  # the target tokens: the LM head runs only there
-        with load.tokens(real), torch.autocast(device.type, dtype=autocast, enabled=autocast != torch.float32):
-            # the router balance counts the examples' tokens, not the rows' padding
-            logp = token_logprobs(model, {"input_ids": ids, "attention_mask": mask, "position_ids": pos}, rows, cols,
-                                  labels[rows, cols])  # in chunks: no [rows, seq_len, vocab] tensor
-        part = -logp.mean() if len(packed) == 1 else -logp.sum() / max(total, 1)  # the same mean either way
-        part.backward()
-        loss += float(part.detach())
-    return loss, total
+    return packed_backward(model, load, [[t.to(device) for t in pack(b, seq_len, pad)] for b in batches], autocast)
 
 
 def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
