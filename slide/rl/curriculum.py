@@ -192,6 +192,24 @@ def successes(rollout, problems: list[Problem], k: int, generator) -> list[int]:
     return [sum(s.reward >= 1.0 for s in g) for g in groups]
 
 
+def auto_mode(share: float, thin_share: float, levels: bool, moderate_prompts: int) -> str | None:
+    """curriculum.auto: the curriculum to switch on for a run whose readiness check measured `share` of groups
+    with a reward signal. None while the signal is not thin; rlcs when the data has levels (their pass rates
+    steer the draws from the first step); two-stage's moderate pool when it has one level but some measured
+    prompts are moderate (0 < correct < n), so a pool measured with the policy will find more; else None
+    (nothing to select: the remedy is more SFT or another temperature)."""
+    if share >= thin_share:
+        return None
+    if levels:
+        return "rlcs"
+    return "two-stage" if moderate_prompts > 0 else None
+
+
+def auto_spec(cfg: CurriculumSpec, mode: str, steps: int) -> CurriculumSpec:
+    """`cfg` switched to `mode`; two-stage stays in its moderate stage for the whole run."""
+    return cfg.model_copy(update={"mode": mode, "stage2_step": steps + 1 if mode == "two-stage" else cfg.stage2_step})
+
+
 def make_source(cfg: CurriculumSpec, base: PromptSource):
     """The prompt source a run trains from: `base` itself (mode none), or a curriculum over it."""
     return {"none": lambda: base, "rlcs": lambda: RLCSSource(base, cfg),
