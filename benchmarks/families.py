@@ -46,7 +46,11 @@ def main() -> None:
     ap.add_argument("--rl-steps", type=int, default=None, help="default: demo_rl.yaml's steps")
     ap.add_argument("--size", default="demo", choices=["test", "demo"])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core; 1 on a machine "
+                                                              "shared with other jobs)")
     ap.add_argument("--quick", action="store_true", help="the demo's smoke-test sizes (test model, a few steps)")
+    ap.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts for SFT's stop and before/after "
+                                                                      "(default: the demo configs' 200)")
     a = ap.parse_args()
     out = Path(a.out)
     results = json.loads((out / "families.json").read_text()) if (out / "families.json").exists() else {}
@@ -58,6 +62,9 @@ def main() -> None:
         # 96 new tokens (the project default, and what SFT's evaluation allows): the new families' longest traces
         # run past demo_rl.yaml's 48, which was set for arithmetic:2
         rl = [f"data.train={family}", "rollout.max_new_tokens=96", *([f"steps={a.rl_steps}"] if a.rl_steps else [])]
+        sft, rl = sft + [f"threads={a.threads}"], rl + [f"threads={a.threads}"]
+        if a.eval_prompts:  # the same held-out prompts before (SFT) and after (RL)
+            sft, rl = sft + [f"eval_prompts={a.eval_prompts}"], rl + [f"data.eval_prompts={a.eval_prompts}"]
         summary = run_demo(str(out / family), quick=a.quick, device=a.device, sft_overrides=sft, rl_overrides=rl)
         summary["load_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         results[family] = summary

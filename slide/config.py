@@ -180,9 +180,8 @@ class CurriculumSpec(Section):
     k_small: int = Field(8, ge=1, description="two-stage: samples per problem for the moderate band and pass@small = 0")
     k_large: int = Field(32, ge=2, description="two-stage: samples per problem that must include a success (pass@large > 0)")
     auto: bool = Field(False, description="with mode none: when the readiness check finds the signal thin, switch "
-                                          "on rlcs (the data has several levels) or the two-stage moderate pool (it "
-                                          "does not, but some measured prompts are moderate); recorded in the "
-                                          "run's config.yaml")
+                                          "on rlcs (moderate difficulty, online) if the data has several levels or "
+                                          "some measured prompts are moderate; recorded in the run's config.yaml")
 
     @model_validator(mode="after")
     def _stages(self):

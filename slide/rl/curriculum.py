@@ -194,20 +194,15 @@ def successes(rollout, problems: list[Problem], k: int, generator) -> list[int]:
 
 def auto_mode(share: float, thin_share: float, levels: bool, moderate_prompts: int) -> str | None:
     """curriculum.auto: the curriculum to switch on for a run whose readiness check measured `share` of groups
-    with a reward signal. None while the signal is not thin; rlcs when the data has levels (their pass rates
-    steer the draws from the first step); two-stage's moderate pool when it has one level but some measured
-    prompts are moderate (0 < correct < n), so a pool measured with the policy will find more; else None
-    (nothing to select: the remedy is more SFT or another temperature)."""
-    if share >= thin_share:
+    with a reward signal. None while the signal is not thin; else rlcs, the online moderate-difficulty source,
+    when it has something to steer by: levels (their pass rates weigh the draws from the first steps) or
+    measured prompts that are moderate (0 < correct < n: per-problem pass rates will find more of them); else
+    None (nothing to select from: the remedy is more SFT or another temperature). rlcs rather than two-stage:
+    it measures nothing up front (two-stage samples k_small per pool problem before training) and keeps
+    refreshing its pool, where two-stage's stage 1 trains on one measured pool for the whole stage."""
+    if share >= thin_share or not (levels or moderate_prompts > 0):
         return None
-    if levels:
-        return "rlcs"
-    return "two-stage" if moderate_prompts > 0 else None
-
-
-def auto_spec(cfg: CurriculumSpec, mode: str, steps: int) -> CurriculumSpec:
-    """`cfg` switched to `mode`; two-stage stays in its moderate stage for the whole run."""
-    return cfg.model_copy(update={"mode": mode, "stage2_step": steps + 1 if mode == "two-stage" else cfg.stage2_step})
+    return "rlcs"
 
 
 def make_source(cfg: CurriculumSpec, base: PromptSource):

@@ -186,7 +186,7 @@ class RunReadiness:
         import json
         import sys
         from slide.config import dump_config
-        from slide.rl.curriculum import auto_mode, auto_spec, make_source
+        from slide.rl.curriculum import auto_mode, make_source
         c = self.cfg
         if not (c.readiness.enabled or c.temperature.calibrate or c.curriculum.auto):
             return {}
@@ -201,7 +201,7 @@ class RunReadiness:
         mode = auto_mode(report["signal_share"], c.readiness.thin_share, has_levels(self.specs),
                          report["moderate_prompts"]) if c.curriculum.auto and c.curriculum.mode == "none" else None
         if mode:
-            spec = auto_spec(c.curriculum, mode, c.steps)
+            spec = c.curriculum.model_copy(update={"mode": mode})
             self.p.source = make_source(spec, self.p.source)
             (run_dir.path / "config.yaml").write_text(dump_config(c.model_copy(update={"curriculum": spec})))
             report["curriculum"] = mode
