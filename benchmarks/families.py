@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/families")
     ap.add_argument("--stop-at", type=float, default=0.2, help="SFT stops at this held-out greedy pass@1")
     ap.add_argument("--rl-steps", type=int, default=None, help="default: demo_rl.yaml's steps")
-    ap.add_argument("--size", default="demo", choices=["test", "demo"])
+    ap.add_argument("--size", default=None, choices=["test", "demo"], help="default: the demo's (--quick: test)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core; 1 on a machine "
                                                               "shared with other jobs)")
@@ -57,7 +57,8 @@ def main() -> None:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"start: {time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} cores, {load}", flush=True)
     for family in a.families:
-        sft = [f"data={family}", f"model.size={a.size}", *([] if a.quick else [f"stop_at_pass_rate={a.stop_at}"]),
+        sft = [f"data={family}", *([f"model.size={a.size}"] if a.size else []),
+               *([] if a.quick else [f"stop_at_pass_rate={a.stop_at}"]),
                *(["seq_len=1024"] if family in AGENTIC else [])]  # a conversation with its tool schema: ~600 tokens
         # 96 new tokens (the project default, and what SFT's evaluation allows): the new families' longest traces
         # run past demo_rl.yaml's 48, which was set for arithmetic:2

@@ -118,6 +118,8 @@ def test_calibration_rechecks_and_may_lower_the_temperature():
     good_at["t"] = 1.0
     temp.after_step(0.9, None, step=6, signal=signal)
     assert temp.value == 1.0
+    temp.after_step(0.9, None, step=9, signal=lambda t: (0.0, 0.0))  # no signal at any temperature: keep it
+    assert temp.value == 1.0
     # GLM's plateau rule with a negative offset lowers too; candidates at or below 0 are skipped
     dyn = DynamicTemperature(TemperatureSpec(dynamic=True, window=2, candidates=[-0.3, 0.0, -1.0]), initial=1.0)
     for r in (0.5, 0.5, 0.5):

@@ -107,7 +107,8 @@ class DynamicTemperature:
         """Re-pick the temperature from signal(t) at each grid temperature (or from `measured`, the same
         {t: (share, pass@1)} already taken); its metrics."""
         scores = measured or {t: signal(t) for t in self.cfg.calibrate_grid}
-        self.value = choose_temperature(scores, self.cfg.signal_tolerance)
+        if max(share for share, _ in scores.values()) > 0:  # no signal anywhere: nothing to choose by, keep it
+            self.value = choose_temperature(scores, self.cfg.signal_tolerance)
         return {"temperature": self.value, "temperature/calibrated": 1.0,
                 **{f"temperature/signal@{t:g}": s for t, (s, _) in scores.items()},
                 **{f"temperature/pass@1@{t:g}": a for t, (_, a) in scores.items()}}
