@@ -8,6 +8,7 @@
     slide rl --resume RUN_DIR                    # continue a killed run
     slide eval --model DIR --data SPEC [--n N] [--k 1 4 8]   # pass@k (unbiased, n >= k samples) and avg@n
                                                              # per family and level (--device, --dtype)
+    slide ready CHECKPOINT --data SPEC [--n 8]   # before RL: does sampling give GRPO a reward signal?
     slide bench --model DIR --prompts P --gens G --len L --steps S
     slide data synth|measure|filter|dedup ...    # curate datasets (slide/datatools/)
     slide ablate NAME                            # a GLM RL lesson, both arms x seeds (slide/ablate/)
@@ -165,6 +166,15 @@ def cmd_eval(a) -> None:
     print(f"written: {out}")
 
 
+def cmd_ready(a) -> None:
+    from slide.rl.readiness import ready_command
+    report = ready_command(a.checkpoint, a.data, a.n, a.temperature, a.prompts, a.grid, a.max_new_tokens, a.seed,
+                           a.device, a.dtype)
+    if a.out:
+        Path(a.out).write_text(json.dumps({"model": a.checkpoint, "data": a.data, **report}, indent=2))
+        print(f"written: {a.out}")
+
+
 def cmd_demo(a) -> None:
     from slide.demo import run_demo
     resolve_device(a.device)
@@ -254,6 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="JSON output (default MODEL/eval.json)")
     add_device_arguments(e)
     e.set_defaults(fn=cmd_eval)
+    rd = sub.add_parser("ready", help="readiness for RL: sampled pass rates and the share of groups with a signal")
+    rd.add_argument("checkpoint")
+    rd.add_argument("--data", required=True, help="task spec or a .jsonl/.parquet of training prompts")
+    rd.add_argument("--n", type=int, default=8, help="samples per prompt (rollout.n)")
+    rd.add_argument("--temperature", type=float, default=1.0, help="the rollout temperature")
+    rd.add_argument("--grid", type=float, nargs="*", default=[], help="more temperatures to compare")
+    rd.add_argument("--prompts", type=int, default=32)
+    rd.add_argument("--max-new-tokens", type=int, default=96)
+    rd.add_argument("--seed", type=int, default=0)
+    rd.add_argument("--out", help="write the report as JSON here")
+    add_device_arguments(rd)
+    rd.set_defaults(fn=cmd_ready)
     d = sub.add_parser("demo", help="SFT -> RL -> eval on the demo-size tiny GLM (CPU)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--quick", action="store_true", help="test-size model, a few steps (smoke test)")

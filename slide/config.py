@@ -179,6 +179,9 @@ class CurriculumSpec(Section):
     stage2_step: int = Field(0, ge=0, description="two-stage: first step of stage 2 (extreme problems)")
     k_small: int = Field(8, ge=1, description="two-stage: samples per problem for the moderate band and pass@small = 0")
     k_large: int = Field(32, ge=2, description="two-stage: samples per problem that must include a success (pass@large > 0)")
+    auto: bool = Field(False, description="with mode none: when the readiness check finds the signal thin, switch "
+                                          "on rlcs (moderate difficulty, online) if the data has several levels or "
+                                          "some measured prompts are moderate; recorded in the run's config.yaml")
 
     @model_validator(mode="after")
     def _stages(self):
@@ -203,11 +206,34 @@ class TemperatureSpec(Section):
     eval_prompts: int = Field(64, ge=1, description="held-out prompts scored per candidate")
     eval_k: int = Field(4, ge=1, description="samples per prompt per candidate")
 
+    calibrate: bool = Field(False, description="pick the rollout temperature that maximises the expected share of "
+                                               "groups with a reward signal (1 - p^n - (1-p)^n per prompt), measured "
+                                               "on training prompts at each of calibrate_grid before step 1 and "
+                                               "every recheck_every steps (and on a plateau); it may lower as well "
+                                               "as raise (slide/rl/readiness.py)")
+    calibrate_grid: list[float] = Field([0.6, 0.8, 1.0, 1.2], description="calibrate: candidate temperatures")
+    recheck_every: int = Field(40, ge=0, description="calibrate: re-measure every this many steps (0 = plateaus "
+                                                     "only)")
+    signal_tolerance: float = Field(0.05, ge=0, description="calibrate: among temperatures within this of the best "
+                                                            "signal share, take the most accurate (sampled pass@1)")
+
     @model_validator(mode="after")
     def _offsets(self):
-        if not self.candidates or min(self.candidates) < 0:
-            raise ValueError("temperature.candidates: need a non-empty list of offsets >= 0")
+        if not self.candidates:
+            raise ValueError("temperature.candidates: need a non-empty list of offsets (negative ones may lower it)")
+        if not self.calibrate_grid or min(self.calibrate_grid) <= 0:
+            raise ValueError("temperature.calibrate_grid: need a non-empty list of temperatures > 0")
         return self
+
+
+class ReadinessSpec(Section):
+    """The readiness check before RL (slide/rl/readiness.py): does sampling from the start give GRPO a signal?"""
+    enabled: bool = Field(True, description="measure before step 1 of a fresh run (sync mode); logged to "
+                                            "readiness.json, stderr and step 1's metrics (ready/*)")
+    prompts: int = Field(32, ge=1, description="training prompts measured, rollout.n samples each "
+                                                  "(at most 2 x rollout.prompts_per_step: about two steps' rollouts)")
+    thin_share: float = Field(0.25, ge=0, le=1, description="below this share of groups with a reward signal the "
+                                                            "signal is called thin (and curriculum.auto acts)")
 
 
 class AgentSpec(Section):
@@ -277,6 +303,7 @@ class RLConfig(Section):
     cluster: ClusterSpec = ClusterSpec()
     curriculum: CurriculumSpec = CurriculumSpec()
     temperature: TemperatureSpec = TemperatureSpec()
+    readiness: ReadinessSpec = ReadinessSpec()
 
     @model_validator(mode="after")
     def _scale_out(self):
@@ -300,6 +327,8 @@ class RLConfig(Section):
         if self.mode == "async":
             sync_only = [name for name, on in [("curriculum.mode", self.curriculum.mode != "none"),
                                                ("temperature.dynamic", self.temperature.dynamic),
+                                               ("temperature.calibrate", self.temperature.calibrate),
+                                               ("curriculum.auto", self.curriculum.auto),
                                                ("rollout.length_stages", bool(self.rollout.length_stages)),
                                                ("rollout.force_answer", self.rollout.force_answer),
                                                ("rollout.engine=vllm", self.rollout.engine == "vllm")] if on]

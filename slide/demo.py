@@ -51,12 +51,24 @@ def _plot(rl_metrics: list[dict], rl_evals: list[dict], sft_evals: list[dict], o
     fig.savefig(out, dpi=110)
 
 
+def _readiness(rl_dir: Path) -> dict:
+    """The readiness check's headline numbers (slide/rl/readiness.py), or {} when it did not run."""
+    path = rl_dir / "readiness.json"
+    if not path.exists():
+        return {}
+    report = json.loads(path.read_text())
+    keep = ("greedy_pass@1", "sampled_pass@1", "signal_share", "status", "chosen_temperature", "curriculum")
+    return {k: report[k] for k in keep if k in report}
+
+
 def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def run_demo(out: str, quick: bool = False, device: str = "auto", init: str | None = None) -> dict:
-    """SFT (from `init`, an HF folder, e.g. a `slide pretrain` final/; None = random init) -> RL -> eval."""
+def run_demo(out: str, quick: bool = False, device: str = "auto", init: str | None = None, sft_overrides=(),
+             rl_overrides=()) -> dict:
+    """SFT (from `init`, an HF folder, e.g. a `slide pretrain` final/; None = random init) -> RL -> eval, into `out`
+    (demo configs plus `*_overrides`, e.g. another task: benchmarks/families.py)."""
     from slide import sft
     from slide.rl import sync
     root = Path(out)
@@ -68,7 +80,7 @@ def run_demo(out: str, quick: bool = False, device: str = "auto", init: str | No
     t0 = time.perf_counter()
     sft_cfg = load_config(SFTConfig, _config_path("demo_sft.yaml"),
                           [f"out_dir={out}", f"device={device}", *(QUICK_SFT if quick else []),
-                           *([f"model.init={init}"] if init else [])])
+                           *([f"model.init={init}"] if init else []), *sft_overrides])
     sft_dir = RunDir.create(out, sft_cfg.name, dump_config(sft_cfg))
     with StepProgress("1/2 cold-start SFT", sft_cfg.steps, ["loss", "eval_pass@1"]) as bar:
         before = sft.run(sft_cfg, sft_dir, progress=bar.update)
@@ -77,11 +89,14 @@ def run_demo(out: str, quick: bool = False, device: str = "auto", init: str | No
     print_eval(before, title="after SFT (RL's starting point)")
     init = str(sft_dir.path / "final")
     rl_cfg = load_config(RLConfig, _config_path("demo_rl.yaml"),
-                         [f"out_dir={out}", f"model.init={init}", f"device={device}", *(QUICK_RL if quick else [])])
+                         [f"out_dir={out}", f"model.init={init}", f"device={device}", *(QUICK_RL if quick else []),
+                          *rl_overrides])
     rl_dir = RunDir.create(out, rl_cfg.name, dump_config(rl_cfg))
+    t_rl = time.perf_counter()
     with StepProgress("2/2 GRPO", rl_cfg.steps, ["reward_mean", "eval_pass@1"]) as bar:
         after = sync.run(rl_cfg, rl_dir, progress=bar.update)
     rl_dir.close()
+    t_rl = time.perf_counter() - t_rl
     print_before_after(before, after, ("SFT", "RL"), title="held-out, before and after RL")
     rl_evals = _read(rl_dir.path / "eval.jsonl")
     last3 = [e["summary"]["pass@1"] for e in rl_evals[-3:]]
@@ -93,6 +108,8 @@ def run_demo(out: str, quick: bool = False, device: str = "auto", init: str | No
         "sft_steps": len(_read(sft_dir.path / "metrics.jsonl")),
         "rl_steps": rl_cfg.steps,
         "sft_seconds": round(t_sft, 1),
+        "rl_seconds": round(t_rl, 1),
+        "readiness": _readiness(rl_dir.path),
         "total_seconds": round(time.perf_counter() - t0, 1),
         "model_size": sft_cfg.model.size,
         "quick": quick,

@@ -3,7 +3,7 @@ a reference conversation can be written, a trace for cold-start SFT.
 
     slide rl cfg.yaml data.train=calculator:1 agent.latency_median_s=0.5
 
-Task specs name them like any family (`calculator:1-2`, `function_call`, `python`); rollout, eval and SFT
+Task specs name them like any family (`calculator:1-2`, `function_call`, `python`, `lookup:1-3`); rollout, eval and SFT
 look a problem's family up here to decide whether it is a multi-turn episode.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from slide.agent.env import Env, EnvFactory
-from slide.agent.envs import calculator, function_call, python_exec
+from slide.agent.envs import calculator, function_call, lookup, python_exec
 from slide.agent.envs.latency import with_latency
 from slide.agent.isolated import IsolatedEnv
 from slide.callpool import CallPool
@@ -30,6 +30,7 @@ AGENT_FAMILIES: dict[str, AgentFamily] = {
     "calculator": AgentFamily(calculator.CalculatorTask, calculator.CalculatorEnv, calculator.trace),
     "function_call": AgentFamily(function_call.FunctionCallTask, function_call.FunctionCallEnv, function_call.trace),
     "python": AgentFamily(python_exec.PythonTask, python_exec.PythonEnv, None),
+    "lookup": AgentFamily(lookup.LookupTask, lookup.LookupEnv, lookup.trace),
 }
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from slide.errors import UserError
 from slide.tasks.answer import exact_or_numeric, final_answer, math_verify_equal
-from slide.tasks.arithmetic import Arithmetic
 from slide.tasks.base import Problem
-from slide.tasks.countdown import Countdown
 
 DATASET = "dataset"  # the family of rows verified by their answer text
 # Families whose rows are verified by the family itself, and the meta fields their verifier reads.
-FAMILY_META = {"arithmetic": (), "countdown": ("numbers", "target")}
+FAMILY_META = {"arithmetic": (), "countdown": ("numbers", "target"), "strings": (), "counting": (), "sorting": (),
+               "base": (), "word": ()}
 
 
 def answer_verify(problem: Problem, response: str) -> float:
@@ -32,7 +31,8 @@ def answer_verify(problem: Problem, response: str) -> float:
 
 def row_verifiers() -> dict:
     """family -> verify(problem, response) for every family `row_problem` produces."""
-    return {"arithmetic": Arithmetic().verify, "countdown": Countdown().verify, DATASET: answer_verify}
+    from slide.tasks import FAMILIES
+    return {**{name: FAMILIES[name]().verify for name in FAMILY_META}, DATASET: answer_verify}
 
 
 def problem_row(problem: Problem) -> dict:

@@ -22,7 +22,7 @@ from slide.tasks import parse_task_specs
 from slide.tasks.base import Problem
 from slide.tasks.countdown import MAX_TARGET
 
-SYNTH_FAMILIES = tuple(FAMILY_META)  # arithmetic, countdown
+SYNTH_FAMILIES = tuple(FAMILY_META)  # the generated single-turn families
 _MAX_OFFSET = 10  # "off by a small amount": at most this much either way
 _CORRUPT_SALT = 7_919  # corruption draws from its own stream, so the problems never depend on the share
 
@@ -63,14 +63,24 @@ def wrong_number(value: int, rng: random.Random, lo: int = 0, hi: int | None = N
     return value + 1 if hi is None or value + 1 <= hi else value - 1
 
 
+def wrong_text(text: str, rng: random.Random) -> str:
+    """`text` with one character replaced by another of its kind (digit, lower or upper letter): never `text`."""
+    i = rng.randrange(len(text))
+    pool = next((chars for chars in ("0123456789", "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+                 if text[i] in chars), "0123456789")
+    return text[:i] + rng.choice([c for c in pool if c != text[i]]) + text[i + 1:]
+
+
 def corrupt_row(row: dict, rng: random.Random) -> dict:
     """A copy of a generated row with a wrong reference answer and `corrupted: true`."""
     out = {**row, "meta": dict(row["meta"]), "corrupted": True}
     if row["family"] == "countdown":
         target = wrong_number(int(row["meta"]["target"]), rng, lo=1, hi=MAX_TARGET)
         out["answer"], out["meta"]["target"] = str(target), target
-    else:  # arithmetic: results are non-negative integers
+    elif row["answer"].isdigit():  # arithmetic, counting, word problems: results are non-negative integers
         out["answer"] = str(wrong_number(int(row["answer"]), rng, lo=0))
+    else:  # text answers (strings, sorting, base): one character changed
+        out["answer"] = wrong_text(row["answer"], rng)
     return out
 
 

@@ -192,6 +192,19 @@ def successes(rollout, problems: list[Problem], k: int, generator) -> list[int]:
     return [sum(s.reward >= 1.0 for s in g) for g in groups]
 
 
+def auto_mode(share: float, thin_share: float, levels: bool, moderate_prompts: int) -> str | None:
+    """curriculum.auto: the curriculum to switch on for a run whose readiness check measured `share` of groups
+    with a reward signal. None while the signal is not thin; else rlcs, the online moderate-difficulty source,
+    when it has something to steer by: levels (their pass rates weigh the draws from the first steps) or
+    measured prompts that are moderate (0 < correct < n: per-problem pass rates will find more of them); else
+    None (nothing to select from: the remedy is more SFT or another temperature). rlcs rather than two-stage:
+    it measures nothing up front (two-stage samples k_small per pool problem before training) and keeps
+    refreshing its pool, where two-stage's stage 1 trains on one measured pool for the whole stage."""
+    if share >= thin_share or not (levels or moderate_prompts > 0):
+        return None
+    return "rlcs"
+
+
 def make_source(cfg: CurriculumSpec, base: PromptSource):
     """The prompt source a run trains from: `base` itself (mode none), or a curriculum over it."""
     return {"none": lambda: base, "rlcs": lambda: RLCSSource(base, cfg),

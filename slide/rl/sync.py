@@ -18,6 +18,7 @@ from slide.engine import close_engine
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.curriculum import successes
 from slide.rl.parts import build
+from slide.rl.readiness import RunReadiness
 from slide.rl.rollout import Rollout, length_limit, sample_batch
 from slide.rl.sample import set_advantages
 from slide.rundir import RunDir
@@ -42,12 +43,14 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
 
 def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -> dict:
     """The RL loop: one iteration per step, with `engine` holding the rollout copy of the weights."""
-    tok, trainer, source, gen = p.tok, p.trainer, p.source, p.generator
+    tok, trainer, gen = p.tok, p.trainer, p.generator
     p.push(engine, version=p.start)  # the engine holds rollout-precision weights from the start
     reward = p.reward_runner(cfg.rollout)
     rollout = Rollout(engine, tok, p.sampling, cfg.rollout.n, reward, cfg.rollout.thinking, cfg.agent, cfg.seed,
                       cfg.rollout.force_answer_tokens if cfg.rollout.force_answer else 0)
 
+    ready = RunReadiness(cfg, p)  # a fresh run first checks the start gives GRPO a signal (and may act on it)
+    pending = ready.before_training(run_dir, engine) if p.start == 0 else {}
     last_eval = None
     for step in range(p.start + 1, cfg.steps + 1):
         timer = Timer()
@@ -57,6 +60,7 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -
         rollout.params = replace(p.sampling, temperature=p.temperature.value,
                                  max_new_tokens=length_limit(cfg.rollout, step))
         trainer.temperature = p.temperature.value
+        source = p.source  # the readiness check may have switched a curriculum on
         with timer("curriculum"):
             stage_stats = source.start_stage(step, lambda problems, k: successes(rollout, problems, k, gen))
         # 1. rollout: n samples per prompt, rewarded; dynamic sampling drops groups with no signal
@@ -81,7 +85,9 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -
             **source.stats(), **(stage_stats or {}),
             **{f"sampling/{k}": v for k, v in sampling_stats.items()},
             **reward.pop_stats(), **stats, **getattr(engine, "pop_counts", dict)(),  # an engine group's replacements
+            **pending,
         })
+        pending = {}
         # 6. periodic eval and checkpoint
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             with timer("eval"):
@@ -89,7 +95,8 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -
             metrics["eval_pass@1"] = last_eval["summary"]["pass@1"]
         with timer("temperature"):  # on a reward plateau, re-pick the temperature on held-out prompts
             metrics.update(p.temperature.after_step(metrics.get("reward_mean"),
-                                                    lambda t: p.score_temperature(engine, cfg, t)))
+                                                    lambda t: p.score_temperature(engine, cfg, t), step,
+                                                    lambda t: ready.signal(engine, t)))
         metrics["time/step_s"] = time.perf_counter() - t_step
         metrics.update(timer)
         metrics.update(memory_metrics(p.device))  # GPU only: peak and reserved memory of the step

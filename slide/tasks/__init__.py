@@ -1,8 +1,10 @@
 """Verifiable task families and the `--tasks` spec parser.
 
 Spec grammar: comma-separated items, each `FAMILY`, `FAMILY:LEVELS`, `PATH` or `PATH:LEVELS`, where
-FAMILY is arithmetic, countdown, code (unit tests run in the bwrap sandbox) or an agentic family
-(calculator, function_call, python: multi-turn episodes with tools, see slide/agent/families.py), PATH ends in .jsonl or .parquet, and LEVELS is `2`, `1-3` or `1+3`.
+FAMILY is arithmetic, countdown, code (unit tests run in the bwrap sandbox), strings, counting, sorting,
+base, word (slide/tasks/strings.py, counting.py, sorting.py, base_conversion.py, word_problems.py) or an
+agentic family (calculator, function_call, python, lookup: multi-turn episodes with tools, see
+slide/agent/families.py), PATH ends in .jsonl or .parquet, and LEVELS is `2`, `1-3` or `1+3`.
 Examples: `arithmetic:1-3,countdown:1`, `data/gsm.jsonl`, `data/mix.parquet:2+3`.
 """
 from __future__ import annotations
@@ -11,9 +13,14 @@ from slide.errors import UserError
 from slide.tasks.answer import final_answer
 from slide.tasks.arithmetic import Arithmetic
 from slide.tasks.base import Problem, Task
+from slide.tasks.base_conversion import BaseConversion
 from slide.tasks.code import Code
 from slide.tasks.countdown import Countdown
+from slide.tasks.counting import Counting
 from slide.tasks.dataset import EXTENSIONS, DatasetTask
+from slide.tasks.sorting import Sorting
+from slide.tasks.strings import Strings
+from slide.tasks.word_problems import WordProblems
 
 __all__ = [
     "Arithmetic",
@@ -27,8 +34,9 @@ __all__ = [
     "parse_task_specs",
 ]
 
-FAMILIES = {"arithmetic": Arithmetic, "countdown": Countdown, "code": Code}
-_ALLOWED = "allowed: arithmetic, countdown, code, calculator, function_call, python, or a .jsonl/.parquet path, each optionally ':LEVELS' like 2, 1-3 or 1+3"
+FAMILIES = {"arithmetic": Arithmetic, "countdown": Countdown, "code": Code, "strings": Strings, "counting": Counting,
+            "sorting": Sorting, "base": BaseConversion, "word": WordProblems}
+_ALLOWED = "allowed: arithmetic, countdown, code, strings, counting, sorting, base, word, calculator, function_call, python, lookup, or a .jsonl/.parquet path, each optionally ':LEVELS' like 2, 1-3 or 1+3"
 
 
 def _is_path(text: str) -> bool:

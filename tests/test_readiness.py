@@ -1,0 +1,178 @@
+"""The readiness check before RL, self-calibrating temperature and the automatic curriculum switch."""
+import json
+
+import pytest
+
+from slide.cli import main
+from slide.config import RLConfig, TemperatureSpec, load_config
+from slide.engine.inprocess import Completion
+from slide.eval.passk import verifiers
+from slide.rl.curriculum import auto_mode
+from slide.rl.readiness import check, has_levels, measure, training_sample, verdict, Measured
+from slide.rl.temperature import DynamicTemperature, choose_temperature, curve_scores, expected_signal_share
+from slide.tasks import parse_task_specs
+
+
+class FixedEngine:
+    """The engine interface answering by sample index: sample j of every prompt says answers[j % len(answers)]
+    (one answer: a model that always writes one fixed string, greedy or sampled)."""
+
+    version = 0
+
+    def __init__(self, tok, answers):
+        self.stop = tok.convert_tokens_to_ids("<|user|>")
+        self.outputs = [tok.encode(f"</think>{a}", add_special_tokens=False) + [self.stop] for a in answers]
+
+    def generate(self, prompts, params, n=1, generator=None):
+        return [[Completion(list(self.outputs[j % len(self.outputs)]), [0.0] * len(self.outputs[j % len(self.outputs)]),
+                            "stop") for j in range(n)] for _ in prompts]
+
+
+@pytest.fixture
+def data(tmp_path):
+    """Four labelled rows on two levels: answers 42, 7, 42, 13."""
+    path = tmp_path / "rows.jsonl"
+    rows = [("a?", 42, 1), ("b?", 7, 1), ("c?", 42, 2), ("d?", 13, 2)]
+    path.write_text("".join(json.dumps({"prompt": p, "answer": a, "level": lv}) + "\n" for p, a, lv in rows))
+    specs = parse_task_specs(str(path))
+    problems = sorted(specs[0][0].problems(), key=lambda p: p.prompt)
+    return specs, problems
+
+
+def test_a_model_that_always_answers_42(tok, data):
+    specs, problems = data
+    report = check(FixedEngine(tok, ["42"]), tok, problems, verifiers(specs), n=8, temperature=1.0, max_new_tokens=8,
+                   levels=has_levels(specs))
+    assert report["greedy_pass@1"] == 0.5 and report["sampled_pass@1"] == 0.5 and report["pass@8"] == 0.5
+    assert report["signal_share"] == 0.0 and report["greedy_sampled_gap"] == 0.0 and report["moderate_prompts"] == 0
+    assert report["status"] == "none" and "easier levels first" in report["advice"]
+
+
+def test_an_engine_whose_samples_disagree_gives_exact_signal(tok, data):
+    specs, problems = data
+    m = measure(FixedEngine(tok, ["42", "7"]), tok, problems, verifiers(specs), n=4, temperature=1.0, max_new_tokens=8)
+    assert m.correct == [2, 2, 2, 0] and m.signal == [True, True, True, False]
+    assert m.pass1 == 6 / 16 and m.share == 0.75 and m.pass_n == 0.75
+    greedy = measure(FixedEngine(tok, ["42", "7"]), tok, problems, verifiers(specs), n=4, temperature=0.0,
+                     max_new_tokens=8)
+    assert greedy.n == 1 and greedy.correct == [1, 0, 1, 0]  # greedy: one answer, the first
+
+
+def test_verdict_names_the_likely_remedy():
+    def m(t, pass1, share, pass_n=0.5):
+        return _fixed(t, pass1, share, pass_n)
+    ready = verdict(0.3, m(1.0, 0.2, 0.6), m(1.0, 0.2, 0.6), levels=False, thin_share=0.25)
+    assert ready[0] == "ready"
+    status, advice = verdict(0.0, m(1.0, 0.0, 0.0, 0.0), m(1.0, 0.0, 0.0, 0.0), levels=False, thin_share=0.25)
+    assert status == "none" and advice.split("try ")[1].startswith("more SFT")
+    status, advice = verdict(0.4, m(1.0, 0.05, 0.1), m(0.6, 0.3, 0.4), levels=False, thin_share=0.25)
+    assert status == "thin" and "temperature 0.6" in advice
+    _, advice = verdict(0.4, m(1.0, 0.05, 0.1), m(1.0, 0.05, 0.1), levels=True, thin_share=0.25)
+    assert "a lower temperature" in advice and "easier levels first" in advice
+    _, advice = verdict(1.0, m(1.0, 0.97, 0.1), m(1.0, 0.97, 0.1), levels=True, thin_share=0.25)
+    assert "harder problems" in advice
+
+
+def _fixed(t, pass1, share, pass_n):
+    """A Measured with these summary numbers."""
+    return FixedMeasured(t, 8, [], [], pass1, share, pass_n)
+
+
+class FixedMeasured(Measured):
+    def __init__(self, t, n, correct, signal, pass1, share, pass_n):
+        super().__init__(t, n, correct, signal)
+        self._nums = (pass1, share, pass_n)
+
+    pass1 = property(lambda self: self._nums[0])
+    share = property(lambda self: self._nums[1])
+    pass_n = property(lambda self: self._nums[2])
+
+
+def test_expected_signal_share_and_temperature_choice_on_synthetic_curves():
+    assert expected_signal_share([0.5], 2) == 0.5 and expected_signal_share([0.0, 1.0], 8) == 0.0
+    assert expected_signal_share([0.25], 4) == pytest.approx(1 - 0.25 ** 4 - 0.75 ** 4)
+    # a policy sharp at low temperature (everything right: no signal) and lost at high (everything wrong)
+    sharp = {0.5: [0.97] * 10, 1.0: [0.5] * 10, 1.5: [0.02] * 10}
+    assert choose_temperature(curve_scores(sharp, 8), tolerance=0.02) == 1.0
+    # the issue's case: greedy knows, sampling at 1.0 almost never finds it; lower wins
+    cold = {0.6: [0.3] * 5 + [0.0] * 5, 0.8: [0.1] * 5 + [0.0] * 5, 1.0: [0.005] * 5 + [0.0] * 5}
+    assert choose_temperature(curve_scores(cold, 8), tolerance=0.02) == 0.6
+    # an easy set: more exploration carries more signal, so it may raise
+    easy = {0.8: [0.99] * 10, 1.0: [0.95] * 10, 1.2: [0.8] * 10}
+    assert choose_temperature(curve_scores(easy, 8), tolerance=0.02) == 1.2
+    # within tolerance of the best share, the more accurate (then the lower) temperature
+    assert choose_temperature({0.7: (0.50, 0.4), 1.0: (0.52, 0.2), 1.3: (0.30, 0.1)}, tolerance=0.05) == 0.7
+    assert choose_temperature({0.7: (0.50, 0.4), 1.0: (0.52, 0.2)}, tolerance=0.0) == 1.0
+    assert choose_temperature({0.9: (0.5, 0.3), 1.1: (0.5, 0.3)}, tolerance=0.0) == 0.9
+
+
+def test_calibration_rechecks_and_may_lower_the_temperature():
+    spec = TemperatureSpec(calibrate=True, calibrate_grid=[0.6, 1.0], recheck_every=3, window=2)
+    temp = DynamicTemperature(spec, initial=1.0)
+    good_at = {"t": 0.6}
+    signal = lambda t: (0.8, 0.5) if t == good_at["t"] else (0.2, 0.5)  # noqa: E731
+    assert temp.after_step(0.1, None, step=1, signal=signal) == {"temperature": 1.0}
+    assert temp.after_step(0.5, None, step=2, signal=signal) == {"temperature": 1.0}  # rising: no plateau
+    out = temp.after_step(0.9, None, step=3, signal=signal)
+    assert temp.value == 0.6 and out["temperature/signal@0.6"] == 0.8 and out["temperature/calibrated"] == 1.0
+    good_at["t"] = 1.0
+    temp.after_step(0.9, None, step=6, signal=signal)
+    assert temp.value == 1.0
+    temp.after_step(0.9, None, step=9, signal=lambda t: (0.0, 0.0))  # no signal at any temperature: keep it
+    assert temp.value == 1.0
+    # GLM's plateau rule with a negative offset lowers too; candidates at or below 0 are skipped
+    dyn = DynamicTemperature(TemperatureSpec(dynamic=True, window=2, candidates=[-0.3, 0.0, -1.0]), initial=1.0)
+    for r in (0.5, 0.5, 0.5):
+        dyn.after_step(r, lambda t: 0.5 if t < 1 else 0.1)
+    out = dyn.after_step(0.5, lambda t: 0.5 if t < 1 else 0.1)
+    assert dyn.value == 0.7 and set(k for k in out if k.startswith("temperature/score")) == {
+        "temperature/score@0.7", "temperature/score@1"}
+
+
+def test_curriculum_switches_on_only_when_the_signal_is_thin():
+    assert auto_mode(0.4, 0.25, levels=True, moderate_prompts=3) is None
+    assert auto_mode(0.1, 0.25, levels=True, moderate_prompts=0) == "rlcs"
+    assert auto_mode(0.1, 0.25, levels=False, moderate_prompts=2) == "rlcs"  # per-problem pass rates steer it
+    assert auto_mode(0.0, 0.25, levels=False, moderate_prompts=0) is None  # nothing to select from
+
+
+def test_training_sample_avoids_held_out_prompts(data):
+    specs, problems = data
+    sample = training_sample(specs, 10, seed=0, held_out=problems[:2])
+    assert {p.prompt for p in sample} == {"c?", "d?"}
+
+
+@pytest.mark.parametrize("rows, message", [("", "no rows"), ('{"prompt": "a?"}\n', "missing field 'answer'")])
+def test_ready_refuses_empty_or_unlabelled_data(tmp_path, capsys, rows, message):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(rows)
+    assert main(["ready", str(tmp_path), "--data", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_ready_refuses_a_missing_checkpoint_and_bad_flags(tmp_path, capsys):
+    assert main(["ready", str(tmp_path / "nope"), "--data", "arithmetic:1"]) == 2
+    assert main(["ready", str(tmp_path), "--data", "arithmetic:1", "--n", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+    assert "no such checkpoint folder" in err[0] and "--n >= 2" in err[1]
+
+
+def test_rl_run_checks_readiness_then_acts_on_it(tmp_path):
+    from slide.rl import sync
+    from slide.rundir import RunDir
+    cfg = load_config(RLConfig, None, [f"out_dir={tmp_path}", "steps=2", "eval_every=0", "data.train=arithmetic:1-2",
+                                       "data.eval_prompts=4", "rollout.prompts_per_step=2", "rollout.n=2",
+                                       "rollout.max_new_tokens=6", "temperature.calibrate=true",
+                                       "temperature.calibrate_grid=[0.5,1.0]", "temperature.recheck_every=2",
+                                       "curriculum.auto=true", "readiness.thin_share=1.0"])
+    run = RunDir.create(cfg.out_dir, cfg.name, "{}", tensorboard=False)
+    sync.run(cfg, run)
+    report = json.loads((run.path / "readiness.json").read_text())
+    assert report["prompts"] == 4 and report["n"] == 2 and set(report["by_temperature"]) == {"0.5", "1.0"}
+    assert report["status"] in ("thin", "none") and report["curriculum"] == "rlcs"  # thin_share 1: always thin
+    rows = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["ready/signal_share"] == report["signal_share"] and rows[0]["temperature/calibrated"] == 1.0
+    assert "curriculum/pool_est_mean" in rows[0] and "temperature/signal@0.5" in rows[1]  # rlcs on; step 2 re-checked
+    assert "mode: rlcs" in (run.path / "config.yaml").read_text()  # a resumed run rebuilds the same source
