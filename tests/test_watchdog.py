@@ -91,7 +91,8 @@ def test_a_run_stopped_by_the_watchdog_resumes_as_if_never_stopped(sft_model, tm
     rows = "".join(json.dumps({"prompt": f"What is {i}+{i}?", "answer": str(2 * i)}) + "\n" for i in range(1, 9))
     args = [f"model.init={sft_model[0]}", "steps=4", "save_every=10", "eval_every=0", "rollout.prompts_per_step=2",
             "rollout.n=4", "rollout.max_new_tokens=16", "train.micro_batch=8", "algo.dynamic_sampling=false",
-            "data.eval_prompts=4", "data.reward=oncehang:score", "rollout.reward_timeout_s=120", "watchdog_s=30"]
+            "data.eval_prompts=4", "data.reward=oncehang:score", "rollout.reward_timeout_s=120", "watchdog_s=30",
+            "readiness.enabled=false"]  # the hang is armed by a count of the steps' reward calls
     for name in ("straight", "stalled"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "oncehang.py").write_text(ONCE.replace("{after}", str(2 * 2 * 4)))  # 2 steps' calls
