@@ -21,7 +21,8 @@ import time
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from slide.config import PretrainConfig, load_config
+from slide.config import load_config
+from slide.pretrain.config import PretrainConfig
 from slide.model.tiny import ExpertLoad
 from slide.model.tokenizer import load_tokenizer
 from slide.pretrain.optim import Optimizers

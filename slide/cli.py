@@ -108,7 +108,8 @@ def cmd_rl(a) -> None:
 
 
 def cmd_pretrain(a) -> None:
-    from slide.config import PretrainConfig, dump_config, load_config
+    from slide.config import dump_config, load_config
+    from slide.pretrain.config import PretrainConfig
     from slide.pretrain import runner
     from slide.progress import StepProgress
     from slide.rundir import RunDir

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slide.cli import main
-from slide.config import ScheduleSpec, StageSpec
+from slide.pretrain.config import ScheduleSpec, StageSpec
 from slide.packing import best_fit, to_tensors
 from slide.pretrain.optim import Optimizers, split
 from slide.pretrain.packer import Packer, encode

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from slide.config import PretrainConfig, StageSpec
+from slide.pretrain.config import PretrainConfig, StageSpec
 from slide.device import memory_metrics, precision_for, resolve_device
 from slide.engine import DTYPES
 from slide.errors import UserError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from slide.config import ScheduleSpec
+from slide.pretrain.config import ScheduleSpec
 
 
 def lr_at(tokens: int, total: int, s: ScheduleSpec) -> float:
