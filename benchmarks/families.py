@@ -3,6 +3,7 @@
     python benchmarks/families.py                                   # all six, one after another
     python benchmarks/families.py --families strings counting      # some of them
     python benchmarks/families.py --rl-steps 100 --out runs/families
+    python benchmarks/families.py --calibrate --sft-from runs/families --out runs/families-cal   # same cold starts
 
 Per family: `slide demo`'s path (slide/demo.py) with `data=FAMILY` for SFT and RL: cold-start SFT from the
 demo's config, stopped at held-out greedy pass@1 `--stop-at` (inside 15-35%: the issue's starting band), then
@@ -50,6 +51,8 @@ def main() -> None:
                                                               "shared with other jobs)")
     ap.add_argument("--calibrate", action="store_true", help="temperature.calibrate (grid 0.7/1.0/1.3, re-checked every "
                                                               "50 steps) and curriculum.auto")
+    ap.add_argument("--sft-from", default=None, help="an earlier run's OUT: RL starts from its cold starts "
+                                                      "(OUT/FAMILY/sft) instead of new SFT runs")
     ap.add_argument("--quick", action="store_true", help="the demo's smoke-test sizes (test model, a few steps)")
     ap.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts for SFT's stop and before/after "
                                                                       "(default: the demo configs' 200)")
@@ -71,7 +74,8 @@ def main() -> None:
                    "temperature.recheck_every=50", "curriculum.auto=true"]
         if a.eval_prompts:  # the same held-out prompts before (SFT) and after (RL)
             sft, rl = sft + [f"eval_prompts={a.eval_prompts}"], rl + [f"data.eval_prompts={a.eval_prompts}"]
-        summary = run_demo(str(out / family), quick=a.quick, device=a.device, sft_overrides=sft, rl_overrides=rl)
+        summary = run_demo(str(out / family), quick=a.quick, device=a.device, sft_overrides=sft, rl_overrides=rl,
+                           sft_from=str(Path(a.sft_from) / family) if a.sft_from else None)
         summary["load_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         results[family] = summary
         out.mkdir(parents=True, exist_ok=True)

@@ -66,9 +66,11 @@ def _read(path: Path) -> list[dict]:
 
 
 def run_demo(out: str, quick: bool = False, device: str = "auto", init: str | None = None, sft_overrides=(),
-             rl_overrides=()) -> dict:
+             rl_overrides=(), sft_from: str | None = None) -> dict:
     """SFT (from `init`, an HF folder, e.g. a `slide pretrain` final/; None = random init) -> RL -> eval, into `out`
-    (demo configs plus `*_overrides`, e.g. another task: benchmarks/families.py)."""
+    (demo configs plus `*_overrides`, e.g. another task: benchmarks/families.py). `sft_from`: an earlier demo's
+    folder whose cold start (its sft/final and last held-out evaluation) RL starts from instead of a new SFT, so two
+    RL settings can be compared from one cold start."""
     from slide import sft
     from slide.rl import sync
     root = Path(out)
@@ -81,13 +83,18 @@ def run_demo(out: str, quick: bool = False, device: str = "auto", init: str | No
     sft_cfg = load_config(SFTConfig, _config_path("demo_sft.yaml"),
                           [f"out_dir={out}", f"device={device}", *(QUICK_SFT if quick else []),
                            *([f"model.init={init}"] if init else []), *sft_overrides])
-    sft_dir = RunDir.create(out, sft_cfg.name, dump_config(sft_cfg))
-    with StepProgress("1/2 cold-start SFT", sft_cfg.steps, ["loss", "eval_pass@1"]) as bar:
-        before = sft.run(sft_cfg, sft_dir, progress=bar.update)
-    sft_dir.close()
-    t_sft = time.perf_counter() - t0
+    if sft_from:
+        sft_path = Path(sft_from) / sft_cfg.name
+        before = _read(sft_path / "eval.jsonl")[-1]
+        t_sft = json.loads((Path(sft_from) / "summary.json").read_text())["sft_seconds"]
+    else:
+        sft_dir = RunDir.create(out, sft_cfg.name, dump_config(sft_cfg))
+        with StepProgress("1/2 cold-start SFT", sft_cfg.steps, ["loss", "eval_pass@1"]) as bar:
+            before = sft.run(sft_cfg, sft_dir, progress=bar.update)
+        sft_dir.close()
+        sft_path, t_sft = sft_dir.path, time.perf_counter() - t0
     print_eval(before, title="after SFT (RL's starting point)")
-    init = str(sft_dir.path / "final")
+    init = str(sft_path / "final")
     rl_cfg = load_config(RLConfig, _config_path("demo_rl.yaml"),
                          [f"out_dir={out}", f"model.init={init}", f"device={device}", *(QUICK_RL if quick else []),
                           *rl_overrides])
@@ -105,17 +112,18 @@ def run_demo(out: str, quick: bool = False, device: str = "auto", init: str | No
         "rl_pass@1": after["summary"]["pass@1"],
         "rl_gain_points": round(100 * (after["summary"]["pass@1"] - before["summary"]["pass@1"]), 2),
         "rl_pass@1_last3_mean": sum(last3) / len(last3),
-        "sft_steps": len(_read(sft_dir.path / "metrics.jsonl")),
+        "sft_steps": len(_read(sft_path / "metrics.jsonl")),
+        "sft_from": sft_from,
         "rl_steps": rl_cfg.steps,
         "sft_seconds": round(t_sft, 1),
         "rl_seconds": round(t_rl, 1),
         "readiness": _readiness(rl_dir.path),
-        "total_seconds": round(time.perf_counter() - t0, 1),
+        "total_seconds": round(time.perf_counter() - t0 + (t_sft if sft_from else 0), 1),
         "model_size": sft_cfg.model.size,
         "quick": quick,
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
-    _plot(_read(rl_dir.path / "metrics.jsonl"), rl_evals, _read(sft_dir.path / "eval.jsonl"), root / "curves.png")
+    _plot(_read(rl_dir.path / "metrics.jsonl"), rl_evals, _read(sft_path / "eval.jsonl"), root / "curves.png")
     print(f"held-out pass@1: SFT {summary['sft_pass@1']:.3f} -> RL {summary['rl_pass@1']:.3f} "
           f"({summary['rl_gain_points']:+.1f} points) in {summary['total_seconds']:.0f} s; "
           f"see {root / 'summary.json'} and {root / 'curves.png'}")
