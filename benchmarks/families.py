@@ -53,6 +53,8 @@ def main() -> None:
                                                               "50 steps) and curriculum.auto")
     ap.add_argument("--sft-from", default=None, help="an earlier run's OUT: RL starts from its cold starts "
                                                       "(OUT/FAMILY/sft) instead of new SFT runs")
+    ap.add_argument("--sft-set", nargs="*", default=[], help="extra SFT overrides for every family (KEY=VALUE), e.g. "
+                                                             "eval_every=10 (held-out checks cost more than training)")
     ap.add_argument("--quick", action="store_true", help="the demo's smoke-test sizes (test model, a few steps)")
     ap.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts for SFT's stop and before/after "
                                                                       "(default: the demo configs' 200)")
@@ -68,7 +70,7 @@ def main() -> None:
         # 96 new tokens (the project default, and what SFT's evaluation allows): the new families' longest traces
         # run past demo_rl.yaml's 48, which was set for arithmetic:2
         rl = [f"data.train={family}", "rollout.max_new_tokens=96", *([f"steps={a.rl_steps}"] if a.rl_steps else [])]
-        sft, rl = sft + [f"threads={a.threads}"], rl + [f"threads={a.threads}"]
+        sft, rl = sft + [f"threads={a.threads}", *a.sft_set], rl + [f"threads={a.threads}"]
         if a.calibrate:
             rl += ["temperature.calibrate=true", "temperature.calibrate_grid=[0.7,1.0,1.3]",
                    "temperature.recheck_every=50", "curriculum.auto=true"]
