@@ -141,6 +141,7 @@ class ContinuousEngine:
         self._thread.join()
 
     # -------------------------------------------------------------------------------------- scheduler thread
+    @torch.no_grad()  # grad mode is per thread: this one's must be off like a generate call's
     def _loop(self) -> None:
         while True:
             with self._cond:
@@ -214,38 +215,42 @@ class ContinuousEngine:
             self._merge(rows, cache, mask)
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[bool]:
-        """Sample each request's rows with its own parameters; record, stop, call on_step. Returns which rows go on."""
+        """Sample every row with its request's parameters (rows that share temperature and top_p and have no seeded
+        generator in one call), record, stop, call each request's on_step. Returns which rows go on."""
+        early = [k for k, row in enumerate(rows) if len(row.tokens) < row.request.params.min_new_tokens]
+        for k in early:  # stop tokens held back until min_new_tokens
+            logits[k, list(rows[k].request.params.stop_token_ids)] = float("-inf")
+        groups: dict[tuple, list[int]] = {}
+        for k, row in enumerate(rows):
+            p, g = row.request.params, row.request.generator
+            groups.setdefault((p.temperature, p.top_p, id(row.request) if g is not None else None), []).append(k)
+        tokens, logprobs = [0] * len(rows), [0.0] * len(rows)
+        for ks in groups.values():
+            tok, lp = sample_token(logits[ks], rows[ks[0]].request.params, rows[ks[0]].request.generator)
+            for k, t, l in zip(ks, tok.tolist(), lp.tolist()):
+                tokens[k], logprobs[k] = t, l
+        beat()  # progress, for a run's watchdog
         by_request: dict[int, list[int]] = {}
         for k, row in enumerate(rows):
+            p = row.request.params
+            row.tokens.append(tokens[k])
+            row.logprobs.append(logprobs[k])
+            if tokens[k] in p.stop_token_ids:
+                row.finish = "stop"
+            elif len(row.tokens) >= p.max_new_tokens:
+                row.finish = "length"
             by_request.setdefault(id(row.request), []).append(k)
-        keep = [True] * len(rows)
         for ks in by_request.values():
             request = rows[ks[0]].request
-            p = request.params
-            sub = logits[ks]
-            stop = list(p.stop_token_ids)
-            early = [i for i, k in enumerate(ks) if len(rows[k].tokens) < p.min_new_tokens]
-            if stop and early:
-                sub[torch.tensor(early)[:, None], torch.tensor(stop)[None, :]] = float("-inf")
-            tok, lp = sample_token(sub, p, request.generator)
-            beat()  # progress, for a run's watchdog
-            for k, t, l in zip(ks, tok.tolist(), lp.tolist()):
-                row = rows[k]
-                row.tokens.append(t)
-                row.logprobs.append(l)
-                if t in stop:
-                    row.finish = "stop"
-                elif len(row.tokens) >= p.max_new_tokens:
-                    row.finish = "length"
             if request.on_step is not None:
-                halt = set(request.on_step([rows[k].index for k in ks], tok.tolist()) or ())
+                halt = set(request.on_step([rows[k].index for k in ks], [tokens[k] for k in ks]) or ())
                 for k in ks:
                     if rows[k].index in halt and rows[k].finish != "stop":
                         rows[k].finish = "abort"
-            for k in ks:
-                if rows[k].finish is not None:
-                    keep[k] = False
-                    self._finish(rows[k])
+        keep = [row.finish is None for row in rows]
+        for row in rows:
+            if row.finish is not None:
+                self._finish(row)
         return keep
 
     def _finish(self, row: _Row) -> None:
