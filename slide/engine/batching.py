@@ -16,12 +16,12 @@ with other parameters wait for a later batch. The generator of the batch's first
 exception in the engine call is raised in every caller of that batch. A caller's on_step (StepCallback, e.g. a
 server streaming tokens) sees its own rows only, numbered as in its own call; the engine gets a callback only when
 some caller in the batch has one. load_weights takes the engine the same
-way, so a weight load never overlaps a generate call: it lands between two batches.
+way, so a weight load never overlaps a generate call: it lands between two batches. (A server, whose requests
+arrive one by one, wants them to join a running batch instead: ContinuousEngine, continuous.py.)
 """
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -52,11 +52,8 @@ class BatchingEngine:
     """Wraps an engine (generate, load_weights, version) so that concurrent generate calls share batches and
     never overlap a weight load."""
 
-    def __init__(self, engine, gather_s: float = 0.0):
+    def __init__(self, engine):
         self.engine = engine
-        # a new leader waits this long before taking the queue, so that requests arriving together share a batch
-        # (a server's clients; 0 for rollout workers, whose episodes queue while the previous batch runs)
-        self.gather_s = gather_s
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
         self._busy = False  # a leader's batch or a weight load holds the engine
@@ -102,8 +99,6 @@ class BatchingEngine:
                     break
                 self._busy = True
             try:
-                if self.gather_s:
-                    time.sleep(self.gather_s)
                 with self._cond:
                     batch = self._take()
                 self._run(batch)

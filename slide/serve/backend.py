@@ -7,11 +7,11 @@ and each decoded token comes back to the request's stream as it is sampled.
     completions = job.result                                      # [Completion] per row, when steps() ends
     job.cancel()                                                  # the client went away: its rows stop next step
 
-Every request runs its engine call on its own thread, so that concurrent requests meet in BatchingEngine's queue
-and share one engine call (requests with equal temperature/top_p share a batch; others wait for the next one). The
-engine's on_step callback runs on the batch leader's thread: it counts each row's tokens against its own
-max_tokens, stops rows whose client left or whose text hit a stop string, and hands the tokens to the event loop.
-A request that arrives while a batch decodes waits for the batch to end (BatchingEngine batches whole calls).
+Every request runs its engine call on its own thread, blocked until its rows are done, while ContinuousEngine's
+scheduler thread decodes every running row together and admits a new request's rows at the next decode step
+(slide/engine/continuous.py), each with its own temperature, top_p and seed. The engine's on_step callback runs on
+that scheduler thread: it counts each row's tokens against its own max_tokens, stops rows whose client left or
+whose text hit a stop string, and hands the tokens to the event loop.
 """
 from __future__ import annotations
 
@@ -20,16 +20,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from slide.device import generator as seeded
-from slide.engine.batching import BatchingEngine
+from slide.engine.continuous import ContinuousEngine
 from slide.engine.inprocess import Completion, InProcessEngine, SamplingParams
 from slide.model.chat import chat_format
 from slide.model.tokenizer import stop_token_ids
-
-
-# A free engine waits this long before starting a batch, so that requests arriving together (clients that send
-# again as soon as an answer ends) share it instead of the first one running alone: +10 ms to a lone request's
-# time to first token
-GATHER_S = 0.01
 
 
 class Job:
@@ -45,7 +39,7 @@ class Job:
         self._queue: asyncio.Queue = asyncio.Queue()
 
     def on_step(self, rows: list[int], tokens: list[int]) -> list[int]:
-        """The engine's callback (leader thread): count, post the tokens, name the rows to stop."""
+        """The engine's callback (its scheduler thread): count, post the tokens, name the rows to stop."""
         for r in rows:
             self.counts[r] += 1
             if self.counts[r] >= self.limits[r]:
@@ -91,15 +85,15 @@ class Job:
 
 
 class Backend:
-    """A model, its tokenizer and chat format, and the batching engine that serves every request."""
+    """A model, its tokenizer and chat format, and the continuous-batching engine that serves every request."""
 
-    def __init__(self, model, tok, name: str, max_model_len: int | None = None, max_concurrency: int = 256,
-                 gather_s: float = GATHER_S):
+    def __init__(self, model, tok, name: str, max_model_len: int | None = None, max_concurrency: int = 256):
         self.tok, self.name = tok, name
         self.fmt = chat_format(tok)
         self.stop_ids = tuple(stop_token_ids(tok))
         self.max_model_len = max_model_len or getattr(model.config, "max_position_embeddings", None) or 2048
-        self.engine = BatchingEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id or 0), gather_s)
+        self.engine = ContinuousEngine(InProcessEngine(model, pad_token_id=tok.pad_token_id or 0,
+                                                       max_batch=max_concurrency))
         self.pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="slide-serve")
         self.jobs: set[Job] = set()
         self.lock = threading.Lock()
@@ -145,3 +139,4 @@ class Backend:
     def shutdown(self) -> None:
         self.stop_all()
         self.pool.shutdown(wait=True)
+        self.engine.close()
