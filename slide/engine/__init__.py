@@ -5,6 +5,8 @@ inprocess.py     InProcessEngine: batched KV-cache sampling with the HF model, i
 packed.py        PackedLinears: its bf16 linears on oneDNN-packed weights on a CPU (kv_cache.py: its KV cache)
 vllm_engine.py   VLLMEngine: vLLM in this process (optional extra: bash scripts/setup_vllm.sh -> .venv-vllm)
 batching.py      BatchingEngine: wraps either; concurrent generate calls share one engine call (async workers)
+continuous.py    ContinuousEngine: wraps InProcessEngine; requests join the running batch at the next decode step
+                 (slide serve)
 """
 import copy
 
