@@ -256,7 +256,12 @@ class DisaggSpec(Section):
     sync_interval: int = Field(1, ge=1, description="push weights to the workers every this many steps")
     partial_rollout: bool = Field(False, description="on a weight push, abort multi-turn episodes between turns "
                                                      "and re-queue them (False: they finish on the old version)")
-    worker_threads: int = Field(1, ge=1, description="torch threads per worker")
+    worker_threads: int = Field(1, ge=1, description="torch threads per worker (and for the evaluator)")
+    eval_in_background: bool = Field(True, description="score each eval step's weights in an evaluator actor while "
+                                                       "the trainer goes on (results logged at the step they "
+                                                       "arrive: eval_version, eval_lag_steps; slide/rl/evaluator.py); "
+                                                       "False = on the trainer's path, as sync mode; CUDA runs "
+                                                       "evaluate inline (the workers hold the GPU shares)")
 
 
 class ClusterSpec(Section):

@@ -177,8 +177,11 @@ def test_partial_rollout_aborts_multi_turn_calls_on_push(tool_model, ray_session
 def test_kill_and_resume_through_the_cli(sft_init, tmp_path):
     """kill -9 right after the first checkpoint; `slide rl --resume` finishes the run: steps continue where the
     checkpoint left off, workers restart on its version, its outstanding problems are rolled out, and every group
-    finished before the kill is trained after the resume or counted as dropped (groups.jsonl): none vanish."""
-    args = [f"model.init={sft_init}", *SMALL, "steps=6", "save_every=2", "mode=async", "disagg.workers=2",
+    finished before the kill is trained after the resume or counted as dropped (groups.jsonl): none vanish.
+    Evals every step in the background evaluator: eval.jsonl ends complete, each version once (or counted
+    skipped), the checkpoint's own pending version scored again after the resume."""
+    args = [f"model.init={sft_init}", *SMALL, "steps=6", "save_every=2", "eval_every=1", "mode=async",
+            "disagg.workers=2", "disagg.eval_in_background=true",
             "disagg.max_staleness=1", "threads=1", f"out_dir={tmp_path}", "name=killed"]
     path = tmp_path / "killed"
     p = subprocess.Popen([sys.executable, "-m", "slide.cli", "rl", *args], stdout=subprocess.DEVNULL,
@@ -222,6 +225,9 @@ def test_kill_and_resume_through_the_cli(sft_init, tmp_path):
     rolled = {t["prompt"] for t in traj if t["step"] > 2} | {x["prompt"] for x in state_at(path, 6)["outstanding"]}
     assert ckpt["outstanding"] and {x["prompt"] for x in ckpt["outstanding"]} <= rolled
     assert audit(cfg, path) >= 0
+    from test_evaluator import check_eval_log
+    check_eval_log(cfg, path)  # no eval version lost or logged twice across the kill
+    assert ckpt["eval_pending"] in ([], [2])  # only the checkpoint's own version can still be out
 
 
 def test_reward_rises_with_stale_samples(sft_init, ray_session, tmp_path):
