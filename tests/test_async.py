@@ -77,6 +77,15 @@ def run_async(out, name, *overrides, progress=None):
     return cfg, run.path
 
 
+def kill_at(at: int, actor: str, killed: list):
+    """A progress callback that kills the named actor once step `at` is logged (noted in `killed`)."""
+    def kill(step, metrics):
+        if step == at:
+            ray.kill(ray.get_actor(actor))
+            killed.append(step)
+    return kill
+
+
 def read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -121,14 +130,9 @@ def test_on_policy_run_survives_a_worker_kill(sft_init, ray_session, tmp_path):
     at step 2: a replacement starts, its in-flight problems are handed out again, and every step still trains a
     full batch. Two calls run at once per worker (their generate calls share engine batches)."""
     killed = []
-
-    def kill_worker_0(step, metrics):
-        if step == 2:
-            ray.kill(ray.get_actor("slide-rollout-0"))
-            killed.append(step)
-
     cfg, path = run_async(tmp_path, "onpolicy", f"model.init={sft_init}", *SMALL, "steps=5", "disagg.workers=2",
-                          "disagg.calls_per_worker=2", "disagg.max_staleness=0", progress=kill_worker_0)
+                          "disagg.calls_per_worker=2", "disagg.max_staleness=0",
+                          progress=kill_at(2, "slide-rollout-0", killed))
     rows, traj = read(path / "metrics.jsonl"), read(path / "trajectories.jsonl")
     assert killed == [2]
     check_rows(cfg, rows)

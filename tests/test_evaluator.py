@@ -5,13 +5,12 @@ that raises or dies costs at most its version, never the run. Resume after kill 
 import json
 
 import pytest
-import ray
 
 from slide.config import RLConfig, load_config
 from slide.rl.evaluator import MAX_DEATHS, BackgroundEval, InlineEval
 from slide.rl.parts import build
 from slide.rundir import RunDir
-from test_async import SMALL, one_torch_thread, ray_session, read, run_async, sft_init  # noqa: F401 (fixtures)
+from test_async import SMALL, kill_at, one_torch_thread, ray_session, read, run_async, sft_init  # noqa: F401 (fixtures)
 
 
 def eval_rows(path):
@@ -67,14 +66,9 @@ def test_a_killed_evaluator_is_replaced_and_its_version_scored_again(sft_init, r
     death is counted, a new evaluator scores the version again (or the newer one that waits); every version is
     logged once or counted skipped, and the last one is in."""
     killed = []
-
-    def kill_evaluator(step, metrics):
-        if step == 2:
-            ray.kill(ray.get_actor("slide-evaluator"))
-            killed.append(step)
-
     cfg, path = run_async(tmp_path, "killed-eval", f"model.init={sft_init}", *SMALL, "steps=4", "eval_every=1",
-                          "disagg.workers=2", "disagg.eval_in_background=true", progress=kill_evaluator)
+                          "disagg.workers=2", "disagg.eval_in_background=true",
+                          progress=kill_at(2, "slide-evaluator", killed))
     assert killed == [2]
     rows = check_eval_log(cfg, path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]

@@ -16,9 +16,9 @@ weights go out every `sync_interval` steps through the Ray object store; the imp
 behaviour policy's logprobs recorded by the engine (truncated by default, TIS; algo.importance), so stale
 samples are corrected as far as the cap allows. Finished groups are on disk until a checkpoint covers them
 (slide/rl/group_store.py): a killed run trains them first on resume, or counts them dropped; groups.jsonl says
-what became of every group. Periodic evals run in an evaluator actor beside the trainer (slide/rl/evaluator.py:
-each eval step's weights are scored while training goes on, logged at the step the result arrives), or inline
-with disagg.eval_in_background=false.
+what became of every group. Periodic evals run inline (the default), or, with disagg.eval_in_background, in an
+evaluator actor beside the trainer (slide/rl/evaluator.py: each eval step's weights are scored while training
+goes on, logged at the step the result arrives).
 """
 from __future__ import annotations
 
