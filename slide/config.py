@@ -246,6 +246,13 @@ class AgentSpec(Section):
     latency_cap_s: float = Field(10.0, ge=0)
 
 
+EVAL_IN_BACKGROUND = ("score each eval step's weights in an evaluator actor while the trainer goes on (results "
+                      "logged at the step they arrive: eval_version, eval_lag_steps; slide/rl/evaluator.py); worth it "
+                      "where the evaluator has a core of its own (on one shared core it slowed steps, "
+                      "benchmarks/RESULTS.md 2026-12-03); False = on the trainer's path, as sync mode; CUDA runs "
+                      "evaluate inline (the workers hold the GPU shares)")
+
+
 class DisaggSpec(Section):
     """Disaggregated asynchronous mode (mode=async): Ray rollout workers that never wait for the trainer."""
     workers: int = Field(2, ge=1, description="rollout worker actors (each: an engine and its environments)")
@@ -256,7 +263,8 @@ class DisaggSpec(Section):
     sync_interval: int = Field(1, ge=1, description="push weights to the workers every this many steps")
     partial_rollout: bool = Field(False, description="on a weight push, abort multi-turn episodes between turns "
                                                      "and re-queue them (False: they finish on the old version)")
-    worker_threads: int = Field(1, ge=1, description="torch threads per worker")
+    worker_threads: int = Field(1, ge=1, description="torch threads per worker (and for the evaluator)")
+    eval_in_background: bool = Field(False, description=EVAL_IN_BACKGROUND)
 
 
 class ClusterSpec(Section):

@@ -120,7 +120,8 @@ class RunDir:
             self.tb.add_scalar(f"eval/{k}", v, step)
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows with step > `step` from every log (they were written after the last checkpoint)."""
+        """Drop rows written after step `step`'s checkpoint from every log: rows with step > `step`, and eval rows
+        logged at a later step (`logged_at`: async mode's background evals score version `step` and arrive later)."""
         for name in ("metrics.jsonl", "trajectories.jsonl", "eval.jsonl", "groups.jsonl"):
             f = self.path / name
             if not f.exists():
@@ -128,7 +129,8 @@ class RunDir:
             keep = []
             for line in f.read_text().splitlines():
                 try:
-                    if json.loads(line)["step"] <= step:
+                    row = json.loads(line)
+                    if max(row["step"], row.get("logged_at", 0)) <= step:
                         keep.append(line)
                 except (json.JSONDecodeError, KeyError):
                     break  # a torn last line from a kill mid-write

@@ -77,6 +77,15 @@ def run_async(out, name, *overrides, progress=None):
     return cfg, run.path
 
 
+def kill_at(at: int, actor: str, killed: list):
+    """A progress callback that kills the named actor once step `at` is logged (noted in `killed`)."""
+    def kill(step, metrics):
+        if step == at:
+            ray.kill(ray.get_actor(actor))
+            killed.append(step)
+    return kill
+
+
 def read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -121,14 +130,9 @@ def test_on_policy_run_survives_a_worker_kill(sft_init, ray_session, tmp_path):
     at step 2: a replacement starts, its in-flight problems are handed out again, and every step still trains a
     full batch. Two calls run at once per worker (their generate calls share engine batches)."""
     killed = []
-
-    def kill_worker_0(step, metrics):
-        if step == 2:
-            ray.kill(ray.get_actor("slide-rollout-0"))
-            killed.append(step)
-
     cfg, path = run_async(tmp_path, "onpolicy", f"model.init={sft_init}", *SMALL, "steps=5", "disagg.workers=2",
-                          "disagg.calls_per_worker=2", "disagg.max_staleness=0", progress=kill_worker_0)
+                          "disagg.calls_per_worker=2", "disagg.max_staleness=0",
+                          progress=kill_at(2, "slide-rollout-0", killed))
     rows, traj = read(path / "metrics.jsonl"), read(path / "trajectories.jsonl")
     assert killed == [2]
     check_rows(cfg, rows)
@@ -177,8 +181,11 @@ def test_partial_rollout_aborts_multi_turn_calls_on_push(tool_model, ray_session
 def test_kill_and_resume_through_the_cli(sft_init, tmp_path):
     """kill -9 right after the first checkpoint; `slide rl --resume` finishes the run: steps continue where the
     checkpoint left off, workers restart on its version, its outstanding problems are rolled out, and every group
-    finished before the kill is trained after the resume or counted as dropped (groups.jsonl): none vanish."""
-    args = [f"model.init={sft_init}", *SMALL, "steps=6", "save_every=2", "mode=async", "disagg.workers=2",
+    finished before the kill is trained after the resume or counted as dropped (groups.jsonl): none vanish.
+    Evals every step in the background evaluator: eval.jsonl ends complete, each version once (or counted
+    skipped), the checkpoint's own pending version scored again after the resume."""
+    args = [f"model.init={sft_init}", *SMALL, "steps=6", "save_every=2", "eval_every=1", "mode=async",
+            "disagg.workers=2", "disagg.eval_in_background=true",
             "disagg.max_staleness=1", "threads=1", f"out_dir={tmp_path}", "name=killed"]
     path = tmp_path / "killed"
     p = subprocess.Popen([sys.executable, "-m", "slide.cli", "rl", *args], stdout=subprocess.DEVNULL,
@@ -222,6 +229,9 @@ def test_kill_and_resume_through_the_cli(sft_init, tmp_path):
     rolled = {t["prompt"] for t in traj if t["step"] > 2} | {x["prompt"] for x in state_at(path, 6)["outstanding"]}
     assert ckpt["outstanding"] and {x["prompt"] for x in ckpt["outstanding"]} <= rolled
     assert audit(cfg, path) >= 0
+    from test_evaluator import check_eval_log
+    check_eval_log(cfg, path)  # no eval version lost or logged twice across the kill
+    assert ckpt["eval_pending"] in ([], [2])  # only the checkpoint's own version can still be out
 
 
 def test_reward_rises_with_stale_samples(sft_init, ray_session, tmp_path):

@@ -28,7 +28,8 @@ def cpus_needed(cfg: RLConfig) -> int:
     trainers = cfg.train.world_size * cfg.train.rank_threads if cfg.train.world_size > 1 else 0
     engines = cfg.rollout.engines * cfg.rollout.engine_threads if cfg.rollout.engines > 1 and cfg.mode == "sync" \
         else 0
-    workers = cfg.disagg.workers * cfg.disagg.worker_threads if cfg.mode == "async" else 0
+    workers = (cfg.disagg.workers + cfg.disagg.eval_in_background) * cfg.disagg.worker_threads \
+        if cfg.mode == "async" else 0  # the rollout workers and the evaluator
     return max(1, trainers + engines + workers)
 
 

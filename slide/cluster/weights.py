@@ -28,3 +28,10 @@ def push(sync: WeightSync, source, engine, version: int) -> dict[str, float]:
     else:
         moved, count = apply_buckets(engine, (ray.get(r) for r in refs))
     return {"sync/bytes": moved, "sync/buckets": count, "sync/seconds": time.perf_counter() - t0}
+
+
+def receive(engine, buckets: list, device) -> int:
+    """Apply one version's buckets to an engine in this process (an async worker's, the evaluator's): each a
+    Bucket or, from a trainer group, an object-store ref to one, moved to `device` (fp8 payloads are dequantized
+    there); returns bytes."""
+    return apply_buckets(engine, ((ray.get(b) if isinstance(b, ray.ObjectRef) else b).to(device) for b in buckets))[0]

@@ -16,7 +16,9 @@ weights go out every `sync_interval` steps through the Ray object store; the imp
 behaviour policy's logprobs recorded by the engine (truncated by default, TIS; algo.importance), so stale
 samples are corrected as far as the cap allows. Finished groups are on disk until a checkpoint covers them
 (slide/rl/group_store.py): a killed run trains them first on resume, or counts them dropped; groups.jsonl says
-what became of every group.
+what became of every group. Periodic evals run inline (the default), or, with disagg.eval_in_background, in an
+evaluator actor beside the trainer (slide/rl/evaluator.py: each eval step's weights are scored while training
+goes on, logged at the step the result arrives).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from collections import Counter
 from slide.config import RLConfig
 from slide.device import memory_metrics
 from slide.cluster.placement import start_ray
+from slide.rl.evaluator import make_evaluator
 from slide.rl.group_store import GroupStore
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.parts import build, device_state
@@ -71,9 +74,10 @@ def run(cfg: RLConfig, run_dir: RunDir, ckpt=None, progress=None) -> dict:
 
 def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
     trainer, source, d = p.trainer, p.source, cfg.disagg
-    eval_engine = p.engine(cfg, kind="inprocess", group=False)  # the trainer's weights as the workers get them
-    p.push(eval_engine, version=p.start)
-    pool = WorkerPool(cfg, p.publish(p.start)[0], p.device.type)
+    buckets = p.publish(p.start)[0]
+    pool = WorkerPool(cfg, buckets, p.device.type)
+    evals = make_evaluator(cfg, p)  # an actor scoring pushed versions beside the trainer (or inline, in this process)
+    evals.resume(p.state.get("eval_pending", []), p.start, buckets)  # the checkpoint's own eval, if still pending
     startup_s = pool.wait_ready()  # logged with the first step, outside its clock
     store = GroupStore(run_dir.path / "groups")
     restored = store.restore(p.state.get("consumed", []))  # finished before the kill, never trained: first in line
@@ -85,7 +89,6 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
     next_group = max([p.state.get("next_group", 0)] + [g[0].group + 1 for _, g in restored])
     P = cfg.rollout.prompts_per_step
     step, dropped, reward_stats, seen = p.start, Counter(), Counter(), []  # the step's, for collect()
-    last_eval = None
 
     def consume(groups: list, outcome: str) -> None:
         store.consumed([g[0].group for g in groups])
@@ -130,7 +133,7 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
         come back from the store (less those consumed by now)."""
         return {"source": copy.deepcopy(source.state_dict()), "generator": p.generator.get_state(),
                 "outstanding": [dataclasses.asdict(x) for x in pool.outstanding()], "next_group": next_group,
-                "consumed": list(store.since), **device_state(p.device)}
+                "consumed": list(store.since), "eval_pending": evals.pending(), **device_state(p.device)}
 
     def boundary(step: int):
         """For the watchdog: writes step - 1's checkpoint (state as of now) unless an update has happened since."""
@@ -138,9 +141,9 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
         return lambda: boundary_checkpoint(run_dir, step - 1, lambda: trainer.updates != updates, lambda:
                                            p.save(run_dir, step - 1, snap))
 
-    with pool, Watchdog(run_dir.path, cfg.watchdog_s) as dog:  # a stalled step ends the run with its stacks
+    with pool, evals, Watchdog(run_dir.path, cfg.watchdog_s) as dog:  # a stalled step ends the run with its stacks
         for step in range(p.start + 1, cfg.steps + 1):
-            timer, dropped, reward_stats, batch, seen = Timer(), Counter(), Counter(), [], []
+            timer, dropped, reward_stats, batch, seen, buckets = Timer(), Counter(), Counter(), [], [], None
             t_step = time.perf_counter()
             dog.at_step(step, boundary(step))
             version = step - 1  # the policy this step's update starts from
@@ -197,12 +200,13 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
             })
             if reward_stats["engine_batches"]:  # the workers' mean engine batch (sequences) behind this step's groups
                 metrics["engine_batch_rows_mean"] = reward_stats["engine_rows"] / reward_stats["engine_batches"]
-            # 6. periodic eval (on the trainer's weights) and checkpoint
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                with timer("eval"):
-                    p.push(eval_engine, version=step)
-                    last_eval = p.evaluate(eval_engine, cfg, run_dir, step)
-                metrics["eval_pass@1"] = last_eval["summary"]["pass@1"]
+            # 6. periodic eval of this step's weights (background: scored while training goes on; logged when in,
+            # every older version before a checkpoint, all at the end), and checkpoint
+            saving = step % cfg.save_every == 0 or step == cfg.steps
+            with timer("eval"):
+                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                    evals.submit(step, buckets)  # the buckets pushed this step, if it pushed
+                metrics.update(evals.collect(run_dir, step, wait_below=step + (step == cfg.steps) if saving else 0))
             metrics["time/step_s"] = time.perf_counter() - t_step
             metrics.update(timer)
             metrics.update(memory_metrics(p.device))  # GPU only: the trainer's (the driver's) peak and reserved
@@ -214,7 +218,7 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
             if step % cfg.save_every == 0 or step == cfg.steps:
                 p.save(run_dir, step, state(), merged=cfg.train.lora.save_merged or step == cfg.steps)
                 store.checkpointed()
-    return last_eval
+    return evals.last
 
 
 def without(problems: list[Problem], taken: list[Problem]) -> list[Problem]:

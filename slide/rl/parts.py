@@ -54,8 +54,7 @@ class Parts:
 
     def evaluate(self, engine, cfg: RLConfig, run_dir, step: int) -> dict:
         """Greedy pass@1 on the held-out problems with `engine`'s weights, logged to eval.jsonl."""
-        result = evaluate(engine, self.tok, self.held_out, self.verify, k=1, max_new_tokens=cfg.rollout.max_new_tokens,
-                          thinking=cfg.rollout.thinking, agent=cfg.agent)
+        result = held_out_eval(engine, self.tok, self.held_out, self.verify, cfg)
         run_dir.log_eval(step, result)
         return result
 
@@ -127,6 +126,13 @@ class Parts:
             self.trainer.close()
         if self.placement is not None:
             self.placement.remove()
+
+
+def held_out_eval(engine, tok, held_out: list[Problem], verify: dict, cfg: RLConfig) -> dict:
+    """The runs' periodic eval: greedy pass@1 on the held-out problems with `engine`'s weights (both drivers, and
+    async mode's background evaluator, score through this one function)."""
+    return evaluate(engine, tok, held_out, verify, k=1, max_new_tokens=cfg.rollout.max_new_tokens,
+                    thinking=cfg.rollout.thinking, agent=cfg.agent)
 
 
 def sampling_params(cfg: RLConfig, tok) -> SamplingParams:

@@ -29,7 +29,8 @@ from slide.eval.passk import verifiers
 from slide.model.load import cast_for_compute, load_policy
 from slide.model.tokenizer import tokenizer_for
 from slide.rl.parts import reward_runner, sampling_params
-from slide.weights.buckets import Bucket, apply_buckets
+from slide.cluster.weights import receive
+from slide.weights.buckets import Bucket
 from slide.rl.rollout import Rollout
 from slide.tasks import parse_task_specs
 from slide.tasks.user_reward import load_reward
@@ -65,8 +66,7 @@ class RolloutWorker:
     def load_weights(self, buckets: list) -> int:
         """Apply one version's buckets (rollout.precision: fp8 payloads are dequantized here, on this worker's
         device), each a Bucket or, from a trainer group, an object-store ref to one; returns bytes."""
-        return apply_buckets(self.engine, ((ray.get(b) if isinstance(b, ray.ObjectRef) else b).to(self.device)
-                                           for b in buckets))[0]
+        return receive(self.engine, buckets, self.device)
 
     def rollout(self, problems: list[Problem], first_group: int):
         """(groups, counts: reward failures and engine batches/rows since the last call returned), or None when
