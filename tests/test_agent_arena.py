@@ -1,7 +1,8 @@
 """The agentic arena (slide/eval/agent_arena.py) and the agent loop over an OpenAI-compatible API
 (slide/agent/endpoint.py): the loop's rules against a scripted API; a verifier-judged arena of whole episodes between
 a tool user and an untrained checkpoint; one model through `slide serve` playing the episodes it plays in-process;
-the judge shown both trajectories in both orders; bad input as one error line.
+the judge shown both trajectories in both orders (a stub, then a judge model behind `slide serve`); bad input as one
+error line.
 
 The tool user is a scripted model (PolicyModel: right, wrong and malformed calls by problem): a test-size checkpoint
 that calls the calculator well takes ~7 min of SFT on two free cores (benchmarks/RESULTS.md), too long for a test."""
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from slide.agent.endpoint import Reply, chat_client, play_endpoint
-from slide.agent.envs.calculator import CalculatorEnv, CalculatorTask
+from slide.agent.envs.calculator import CalculatorEnv, CalculatorTask, value_text
 from slide.agent.episode import AgentSample
 from slide.agent.families import env_factory
 from slide.callpool import shared_pool
@@ -28,6 +29,7 @@ from slide.model.tokenizer import assistant_text
 from slide.rl.data import eval_problems
 from slide.serve.backend import Backend
 from slide.tasks import parse_task_specs
+from slide.tasks.expr import evaluate
 
 CPU = torch.device("cpu")
 LIMITS = AgentSpec(max_turns=3, max_tokens=400)
@@ -189,6 +191,7 @@ class PolicyModel(torch.nn.Module):
         self.config = SimpleNamespace(max_position_embeddings=4096)
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # a device to run on
         self.turn_start = tok.convert_tokens_to_ids("<|assistant|>")
+        self.asked: list[list[int]] = []  # each prompt's ids, at its prefill
 
     @property
     def device(self):
@@ -198,6 +201,9 @@ class PolicyModel(torch.nn.Module):
                 logits_to_keep=1):
         ids = input_ids.float()[:, None, :, None]  # [b, 1, t, 1]: "keys" the cache keeps and reorders with the rows
         history, _ = past_key_values.update(ids, ids, 0)
+        if input_ids.shape[1] > 1:
+            self.asked += [[int(t) for t, m in zip(r.tolist(), k.tolist()) if m]
+                           for r, k in zip(input_ids, attention_mask)]
         logits = torch.full((input_ids.shape[0], 1, self.vocab), -1e4)
         for b in range(input_ids.shape[0]):
             row = [int(t) for t, m in zip(history[b, 0, :, 0].tolist(), attention_mask[b].tolist()) if m]
@@ -286,6 +292,39 @@ def test_served_model_plays_the_episodes_it_plays_in_process(tok, fresh, tmp_pat
         assert (a["status"], a["reason"], a["reward"], a["turns"], a["response_len"]) == \
             (b["status"], b["reason"], b["reward"], b["turns"], b["response_len"])
     assert result["pairs"][0]["tie"] == 4
+
+
+def judge_policy(context: str) -> str:
+    """A scripted judge: names the agent whose final answer is the product asked for ("tie" if both or neither)."""
+    prompt = context.split("<|user|>")[-1]
+    expression = prompt.split("What is ")[1].split("?")[0]
+    right = f"final answer: {value_text(evaluate(expression))}\n"
+    a, b = prompt.split("Agent A:")[1].split("Agent B:")
+    verdict = {(True, False): "A", (False, True): "B"}.get((right in a, right in b), "tie")
+    return assistant_text("compare the final answers", verdict)
+
+
+def test_judged_agent_arena_through_a_judge_endpoint(tok, fresh, tmp_path):
+    """--judge: a judge model behind `slide serve` reads both trajectories, asked in both orders."""
+    from test_serve import running
+    problems = eval_problems(parse_task_specs("calculator:1"), 6, 0)
+    judge = PolicyModel(tok, judge_policy)
+    with running(Backend(PolicyModel(tok, calculator_policy), tok, "tools")) as (_, url), \
+            running(Backend(judge, tok, "judge")) as (_, judge_url):
+        result = run([f"tools={url}#tools", f"fresh={fresh}"], "calculator:1", prompts=6, seed=0,
+                     judge=f"{judge_url}#judge", max_new_tokens=64, out=tmp_path, device=CPU, dtype=torch.float32,
+                     rounds=20, agent=LIMITS)
+    [pair] = result["pairs"]
+    solvable = kinds(problems).count(0)
+    assert (pair["win"], pair["tie"], pair["loss"]) == (solvable, 6 - solvable, 0)
+    assert result["judge"] == f"{judge_url}#judge"
+    asked = [tok.decode(p, skip_special_tokens=False) for p in judge.asked]
+    assert len(asked) == 12  # both orders of each of the 6 games
+    for first, second in zip(asked[::2], asked[1::2]):
+        assert first.index("Agent A:") < first.index("[episode ended: completed") < first.index("Agent B:")
+        assert second.index("Agent B:") < second.index("[episode ended: completed")  # the tool user shown second
+    assert sum("calls calculate(" in a and "tool result: " in a for a in asked) == 2 * kinds(problems).count(0) + \
+        2 * kinds(problems).count(1)  # the tool user's calls and results, where it made them (kinds 0 and 1)
 
 
 # ------------------------------------------------------------------------------------------- bad input
