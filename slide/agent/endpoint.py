@@ -12,6 +12,12 @@ and a counted event mean here what they mean in RL. The endpoint's chat template
 server parses the calls.
 
 Where this differs from the same checkpoint played in-process, and why:
+- the tools reach the chat template as OpenAI sends them, {"type": "function", "function": SCHEMA}, and SLIDE's
+  template writes each as given, while run_episodes (so RL and SFT) renders the env's plain SCHEMA: a SLIDE-trained
+  tool user reads a system prompt through the API that it never saw in training. Measured 2026-12-03 on a test-size
+  calculator cold start: 32 of 32 episodes called the tool in-process, 0 of 32 through `slide serve`; with its
+  template writing `tool.function` for a wrapped tool, all 32 served episodes ended with the in-process reward,
+  turns, calls and tokens (20 identical, 12 the malformed-call difference below).
 - a turn whose calls the server cannot parse comes back as plain content (the API has no "malformed call"), so the
   episode ends as a final answer (completed/answer, usually reward 0) where run_episodes says failed/invalid_format;
   the stop-token check of GLM's format (calls end with <|observation|>, and only calls do) is the server's.
