@@ -13,7 +13,8 @@
     slide data synth|measure|filter|dedup ...    # curate datasets (slide/datatools/)
     slide ablate NAME                            # a GLM RL lesson, both arms x seeds (slide/ablate/)
     slide serve CHECKPOINT [--host H] [--port N] # an OpenAI-compatible API over the engine (slide/serve/)
-    slide arena A=DIR B=URL#MODEL --data SPEC    # pairwise games, win/tie/loss, Bradley-Terry (slide/eval/arena.py)
+    slide arena A=DIR B=URL#MODEL --data SPEC    # pairwise games, win/tie/loss, Bradley-Terry (slide/eval/arena.py;
+                                                 # agent families: whole episodes, slide/eval/agent_arena.py)
     slide view RUNS_DIR [--port N]               # a local web page over runs: charts, trajectory browser
 
 Every command that runs a model takes a device: `device=auto|cpu|cuda|cuda:N` in sft/rl configs, `--device` for
@@ -213,11 +214,19 @@ def cmd_ablate(a) -> None:
 
 def cmd_arena(a) -> None:
     from slide.eval.arena import print_tables, run
+    from slide.config import AgentSpec
+    limits = {"max_turns": a.max_turns, "max_tokens": a.max_episode_tokens}
+    for flag, value in (("--max-turns", a.max_turns), ("--max-episode-tokens", a.max_episode_tokens),
+                        ("--max-new-tokens", a.max_new_tokens)):
+        if value is not None and value < 1:
+            raise UserError(f"arena {flag} {value}: must be >= 1")
     device = resolve_device(a.device)
+    agent = AgentSpec(**{k: v for k, v in limits.items() if v is not None})
     result = run(a.players, a.data, a.prompts, a.seed, a.judge, a.max_new_tokens, Path(a.out), device,
-                 DTYPES[precision_for(a.dtype, device)], a.bootstrap)
+                 DTYPES[precision_for(a.dtype, device)], a.bootstrap, agent)
     print_tables(result)
-    print(f"written: {Path(a.out) / 'arena.json'}, {Path(a.out) / 'arena.png'}")
+    extra = f", {Path(a.out) / 'trajectories.jsonl'}" if result.get("agentic") else ""
+    print(f"written: {Path(a.out) / 'arena.json'}, {Path(a.out) / 'arena.png'}{extra}")
 
 
 def cmd_view(a) -> None:
@@ -298,7 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--data", required=True, help="task spec of the prompts, e.g. arithmetic:1-3 or data.jsonl")
     ar.add_argument("--prompts", type=int, default=100)
     ar.add_argument("--judge", help="URL#MODEL of a judge model (default: the task's verifier)")
-    ar.add_argument("--max-new-tokens", type=int, default=96)
+    ar.add_argument("--max-new-tokens", type=int, default=96, help="tokens per answer (agent families: per turn)")
+    ar.add_argument("--max-turns", type=int, help="agent families: assistant turns per episode (default "
+                                                  "agent.max_turns, slide/config.py)")
+    ar.add_argument("--max-episode-tokens", type=int, help="agent families: response tokens per episode, model and "
+                                                           "tools (default agent.max_tokens)")
     ar.add_argument("--seed", type=int, default=0)
     ar.add_argument("--bootstrap", type=int, default=200, help="bootstrap rounds of the rating intervals")
     ar.add_argument("--out", default="runs/arena")

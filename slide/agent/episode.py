@@ -27,6 +27,8 @@ How an episode ends (AgentSample.status / .reason):
     truncated  max_turns | max_tokens | turn_tokens (one turn hit params.max_new_tokens)       reward 0
     aborted    reset_error  the env could not start the episode (factory/reset raised, bad tools)  reward 0
     aborted    template_error  the chat template could not render a tool-result turn               reward 0
+The rules of one turn (start_episode, decide_turn, run_turn_calls, take_results) are shared with the agent loop over
+an OpenAI-compatible API (slide/agent/endpoint.py), so an episode ends the same way whoever hosts the model.
 Incidents that do not end the episode are counted in AgentSample.events: step_timeout, step_error,
 step_skipped (calls after a timed-out one in the same turn), reward_timeout, reward_error, and each
 StepResult.error key (tool_error, sandbox_unavailable, ...), and template_rewrites (above).
@@ -94,7 +96,7 @@ def _bounded(env: Env, method: str, *args, timeout_s: float) -> tuple[str, Any]:
     return bounded_call(getattr(env, method), *args, timeout_s=timeout_s)
 
 
-def _count_notes(ep: "_Episode") -> None:
+def _count_notes(ep: "Episode") -> None:
     pop = getattr(ep.env, "pop_notes", None)
     for key, n in (pop() if pop else {}).items():
         ep.sample.events[key] = ep.sample.events.get(key, 0) + n
@@ -122,7 +124,8 @@ def _run_calls(env: Env, calls: list[dict], timeout_s: float) -> list[StepResult
 
 
 @dataclass
-class _Episode:
+class Episode:
+    """One episode in play: its sample (the record), its env and tools, and whether it still runs."""
     sample: AgentSample
     env: Env
     tools: list[dict]
@@ -151,8 +154,10 @@ class _Episode:
         self.sample.events[key] = self.sample.events.get(key, 0) + 1
 
 
-def _start(fmt, problem: Problem, group: int, env_factory: EnvFactory, thinking: bool, version: int,
-           timeout_s: float) -> _Episode:
+def start_episode(fmt, problem: Problem, group: int, env_factory: EnvFactory, thinking: bool, version: int,
+                  timeout_s: float) -> Episode:
+    """A fresh env for `problem`, reset under `timeout_s`; an env that cannot start gives an episode already ended
+    (aborted, reset_error). fmt=None: no token ids (an episode played through a chat API, slide/agent/endpoint.py)."""
     sample = AgentSample(prompt_ids=[], response_ids=[], loss_mask=[], behaviour_logprobs=[], version=version,
                          problem=problem, group=group)
     env, status, value = None, "raised", None
@@ -162,13 +167,13 @@ def _start(fmt, problem: Problem, group: int, env_factory: EnvFactory, thinking:
         if status == "ok":
             tools = validate_tools(getattr(env, "tools", None) or [])
             sample.messages = list(value)
-            sample.prompt_ids = fmt.prompt_ids(sample.messages, thinking, tools)
-            return _Episode(sample, env, tools, prompt=list(value))
+            sample.prompt_ids = fmt.prompt_ids(sample.messages, thinking, tools) if fmt else []
+            return Episode(sample, env, tools, prompt=list(value))
     except Exception as e:  # noqa: BLE001 - factory bug, or reset returned messages the template refuses
         status, value = "raised", e
     sample.messages = [{"role": "user", "content": problem.prompt}]
-    sample.prompt_ids = fmt.prompt_ids(sample.messages, thinking)
-    ep = _Episode(sample, env, [])
+    sample.prompt_ids = fmt.prompt_ids(sample.messages, thinking) if fmt else []
+    ep = Episode(sample, env, [])
     ep.end("aborted", "reset_error", "env reset timed out" if status == "timeout" else
            f"env reset failed: {type(value).__name__}: {value}"[:300])
     return ep
@@ -182,7 +187,7 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _final_reward(ep: _Episode, text: str, timeout_s: float) -> float:
+def _final_reward(ep: Episode, text: str, timeout_s: float) -> float:
     status, value = _bounded(ep.env, "reward", ep.sample.problem, text, timeout_s=timeout_s)
     _count_notes(ep)
     reward = _finite(value) if status == "ok" else None
@@ -218,7 +223,7 @@ def run_episodes(engine, tokenizer, problems: list[Problem], env_factory: EnvFac
     run = _Run(fmt, replace(params, stop_token_ids=tuple(fmt.stop_ids)), max_turns, max_tokens,
                thinking, step_timeout_s, reward_timeout_s, before_turn or (lambda: None))
     version = getattr(engine, "version", 0)
-    episodes = [_start(fmt, p, first_group + g, env_factory, thinking, version, step_timeout_s)
+    episodes = [start_episode(fmt, p, first_group + g, env_factory, thinking, version, step_timeout_s)
                 for g, p in enumerate(problems) for _ in range(n)]
     if concurrent:
         _each_on_its_own(engine, run, episodes, generator)
@@ -247,7 +252,7 @@ class _Run:
         return replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
 
 
-def _lockstep(engine, run: _Run, episodes: list[_Episode], generator) -> None:
+def _lockstep(engine, run: _Run, episodes: list[Episode], generator) -> None:
     for turn in range(run.max_turns):
         live = [e for e in episodes if e.live]
         if not live:
@@ -262,7 +267,7 @@ def _lockstep(engine, run: _Run, episodes: list[_Episode], generator) -> None:
         results: list[list] = [[] for _ in pending]
 
         def worker(i: int, env: Env, calls: list[dict]) -> None:
-            results[i] = _calls_or_error(env, calls, run.step_timeout_s)
+            results[i] = run_turn_calls(env, calls, run.step_timeout_s)
 
         threads = [threading.Thread(target=worker, args=(i, ep.env, calls), daemon=True)
                    for i, (ep, calls) in enumerate(pending)]
@@ -274,10 +279,10 @@ def _lockstep(engine, run: _Run, episodes: list[_Episode], generator) -> None:
             _after_calls(run, ep, outs)
 
 
-def _each_on_its_own(engine, run: _Run, episodes: list[_Episode], generator) -> None:
+def _each_on_its_own(engine, run: _Run, episodes: list[Episode], generator) -> None:
     errors: list[BaseException] = []
 
-    def play(ep: _Episode) -> None:
+    def play(ep: Episode) -> None:
         try:
             for turn in range(run.max_turns):
                 if not ep.live:
@@ -288,7 +293,7 @@ def _each_on_its_own(engine, run: _Run, episodes: list[_Episode], generator) -> 
                                         n=1, generator=generator)
                 calls = _after_turn(run, ep, c, room, last=turn == run.max_turns - 1)
                 if calls:
-                    _after_calls(run, ep, _calls_or_error(ep.env, calls, run.step_timeout_s))
+                    _after_calls(run, ep, run_turn_calls(ep.env, calls, run.step_timeout_s))
         except BaseException as e:  # noqa: BLE001 - an engine error or before_turn's abort: the caller's
             errors.append(e)
 
@@ -301,7 +306,7 @@ def _each_on_its_own(engine, run: _Run, episodes: list[_Episode], generator) -> 
         raise errors[0]
 
 
-def _after_turn(run: _Run, ep: _Episode, c, budget: int, last: bool) -> list[dict] | None:
+def _after_turn(run: _Run, ep: Episode, c, budget: int, last: bool) -> list[dict] | None:
     """Record a generated turn (cut to `budget` tokens); the tool calls to run, or None if the episode ended."""
     tok = run.fmt.tok
     cut = len(c.tokens) > budget
@@ -316,13 +321,21 @@ def _after_turn(run: _Run, ep: _Episode, c, budget: int, last: bool) -> list[dic
         return None
     parsed = run.fmt.parse(text)
     s.messages.append(assistant_message(parsed, text))
+    if "error" not in parsed and (mismatch := run.fmt.call_turn_ok(tokens[-1] if tokens else None,
+                                                                  bool(parsed["tool_calls"]))):
+        parsed = {**parsed, "error": mismatch}
+    return decide_turn(ep, parsed, run.fmt.cut(text), last, run.reward_timeout_s)
+
+
+def decide_turn(ep: Episode, parsed: dict, text: str, last: bool, reward_timeout_s: float) -> list[dict] | None:
+    """What a complete assistant turn does to its episode: the tool calls to run (each checked against the env's
+    schemas), or None once it ended: a malformed turn (`parsed["error"]`) or a bad call fails it, a turn without
+    calls is the final answer (rewarded by env.reward on `text`), calls on the last turn truncate it."""
     calls = parsed["tool_calls"]
     if "error" in parsed:
         ep.end("failed", INVALID_FORMAT, parsed["error"])
-    elif mismatch := run.fmt.call_turn_ok(tokens[-1] if tokens else None, bool(calls)):
-        ep.end("failed", INVALID_FORMAT, mismatch)
     elif not calls:
-        ep.end("completed", "answer", reward=_final_reward(ep, run.fmt.cut(text), run.reward_timeout_s))
+        ep.end("completed", "answer", reward=_final_reward(ep, text, reward_timeout_s))
     elif bad := next((b for b in (check_call(ep.tools, call) for call in calls) if b), None):
         ep.end("failed", *bad)
     elif last:
@@ -332,22 +345,24 @@ def _after_turn(run: _Run, ep: _Episode, c, budget: int, last: bool) -> list[dic
     return None
 
 
-def _calls_or_error(env: Env, calls: list[dict], timeout_s: float) -> list:
+def run_turn_calls(env: Env, calls: list[dict], timeout_s: float) -> list:
+    """One turn's calls run by env.step, each bounded by timeout_s: StepResults (an InvalidCall last, if one was
+    raised); anything the env raises becomes an error observation."""
     try:
         return _run_calls(env, calls, timeout_s)
     except Exception as e:  # noqa: BLE001 - e.g. an env whose StepResult.done is not a bool
         return [StepResult(f"error: {type(e).__name__}: {e}"[:300], error="step_error")]
 
 
-def _after_calls(run: _Run, ep: _Episode, outs: list) -> None:
-    """Append a turn's tool results as the observation turn, or end the episode."""
+def take_results(ep: Episode, outs: list) -> bool:
+    """Record a turn's tool results (run_turn_calls') as tool messages; False if they ended the episode (an
+    InvalidCall fails it, done=True completes it with that step's reward)."""
     s = ep.sample
     _count_notes(ep)
     invalid = next((o for o in outs if isinstance(o, InvalidCall)), None)
     if invalid is not None:
         ep.end("failed", invalid.reason, str(invalid)[:300])
-        return
-    assistant = s.messages[-1]
+        return False
     for o in outs:
         s.tool_calls += 1
         s.tool_successes += o.error is None
@@ -359,6 +374,15 @@ def _after_calls(run: _Run, ep: _Episode, outs: list) -> None:
         if reward is None and outs[-1].reward is not None:
             ep.count("reward_error")
         ep.end("completed", "done", reward=reward or 0.0)
+        return False
+    return True
+
+
+def _after_calls(run: _Run, ep: Episode, outs: list) -> None:
+    """Append a turn's tool results as the observation turn, or end the episode."""
+    s = ep.sample
+    assistant = s.messages[-1]
+    if not take_results(ep, outs):
         return
     try:
         env_ids = run.fmt.environment_ids(ep.prompt, assistant, s.messages[-len(outs):], run.thinking, ep.tools)
@@ -371,7 +395,7 @@ def _after_calls(run: _Run, ep: _Episode, outs: list) -> None:
     ep.add(env_ids, [], model=False)
 
 
-def _rewritten(fmt, ep: _Episode, thinking: bool) -> bool:
+def _rewritten(fmt, ep: Episode, thinking: bool) -> bool:
     """Whether the template renders the conversation before the model's last turn otherwise than the ids the model
     was given (one rendering per episode)."""
     s = ep.sample

@@ -10,6 +10,8 @@ verifier where it has one (a correct answer beats a wrong one; both right or bot
 judge model behind an OpenAI-compatible endpoint instead, asked twice per pair with the answers in both orders: a
 verdict counts only when both orders name the same answer, anything else is a tie (position bias cancels).
 Writes OUT/arena.json (players, answers, games, pairs, ratings), OUT/arena.png, and prints the tables.
+Agent families (`--data calculator:1`, python, lookup, function_call) play whole multi-turn episodes instead, judged
+trajectory against trajectory: slide/eval/agent_arena.py.
 """
 from __future__ import annotations
 
@@ -112,10 +114,11 @@ def chat_caller(player: Player, max_tokens: int) -> Callable[[str], str]:
 
 
 # ---------------------------------------------------------------------------------------------------- judging
-def judge_verdict(ask: Callable[[str], str], question: str, a: str, b: str) -> float:
-    """Score of `a` against `b` (1, 0.5, 0) from a judge asked in both orders; disagreement is a tie."""
-    first = _verdict(ask(JUDGE_PROMPT.format(question=question, a=a, b=b)))
-    second = _verdict(ask(JUDGE_PROMPT.format(question=question, a=b, b=a)))
+def judge_verdict(ask: Callable[[str], str], question: str, a: str, b: str, prompt: str = JUDGE_PROMPT) -> float:
+    """Score of `a` against `b` (1, 0.5, 0) from a judge asked in both orders; disagreement is a tie. `prompt` has
+    {question}, {a} and {b} (agent_arena's shows whole trajectories)."""
+    first = _verdict(ask(prompt.format(question=question, a=a, b=b)))
+    second = _verdict(ask(prompt.format(question=question, a=b, b=a)))
     swapped = {"A": "B", "B": "A", "tie": "tie", None: None}[second]
     if first is not None and first == swapped and first != "tie":
         return 1.0 if first == "A" else 0.0
@@ -181,6 +184,9 @@ def print_tables(result: dict) -> None:
         r.add_row(x["player"], f"{x['rating']:.0f}", f"{x['ci95'][0]:.0f}-{x['ci95'][1]:.0f}")
     Console().print(t)
     Console().print(r)
+    if "episodes" in result:
+        from slide.eval.agent_arena import print_players
+        print_players(result)
 
 
 def plot(result: dict, path: Path) -> None:
@@ -208,8 +214,11 @@ def write(result: dict, out: Path) -> None:
 
 
 def run(specs: list[str], data: str, prompts: int, seed: int, judge: str | None, max_new_tokens: int, out: Path,
-        device, dtype, rounds: int = 200) -> dict:
-    """The whole arena: answers, games, summary; writes OUT/arena.json and OUT/arena.png."""
+        device, dtype, rounds: int = 200, agent=None) -> dict:
+    """The whole arena: answers, games, summary; writes OUT/arena.json and OUT/arena.png. Agent families in `data`
+    play whole episodes under `agent` (an AgentSpec; slide/eval/agent_arena.py)."""
+    from slide.config import AgentSpec
+    from slide.eval import agent_arena
     from slide.eval.passk import verifiers
     from slide.rl.data import eval_problems
     from slide.tasks import parse_task_specs
@@ -219,6 +228,9 @@ def run(specs: list[str], data: str, prompts: int, seed: int, judge: str | None,
         raise UserError(f"--judge {judge!r}: the judge is an OpenAI-compatible endpoint URL#MODEL (e.g. a slide serve)")
     specs_ = parse_task_specs(data)
     problems = eval_problems(specs_, prompts, seed)
+    if agent_arena.agentic(specs_):
+        return agent_arena.run(players, judge_player, data, problems, agent or AgentSpec(), max_new_tokens, out,
+                               device, dtype, rounds, seed)
     questions = [p.prompt for p in problems]
     answers = {p.name: (endpoint_answers(p, questions, max_new_tokens) if p.model else
                         checkpoint_answers(p, questions, max_new_tokens, device, dtype)) for p in players}
