@@ -269,6 +269,16 @@ def test_tools_system_block(tok):
     )
 
 
+def test_a_bare_tool_schema_renders_as_its_openai_form(tok):
+    """Environments describe tools as bare schemas, OpenAI clients wrap them: both render as the wrapped form, so
+    what a model trains on is what a server shows it."""
+    schema = {"name": "add", "parameters": {"type": "object"}}
+    msgs = [{"role": "user", "content": "hi"}]
+    assert chat_prompt(tok, msgs, tools=[schema]) == \
+        chat_prompt(tok, msgs, tools=[{"type": "function", "function": schema}])
+    assert '{"type": "function", "function": {"name": "add"' in chat_prompt(tok, msgs, tools=[schema])
+
+
 def test_unknown_role_raises(tok):
     with pytest.raises(UserError, match="unknown chat role narrator"):
         chat_prompt(tok, [{"role": "narrator", "content": "x"}])

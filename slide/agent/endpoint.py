@@ -12,12 +12,9 @@ and a counted event mean here what they mean in RL. The endpoint's chat template
 server parses the calls.
 
 Where this differs from the same checkpoint played in-process, and why:
-- the tools reach the chat template as OpenAI sends them, {"type": "function", "function": SCHEMA}, and SLIDE's
-  template writes each as given, while run_episodes (so RL and SFT) renders the env's plain SCHEMA: a SLIDE-trained
-  tool user reads a system prompt through the API that it never saw in training. Measured 2026-12-03 on a test-size
-  calculator cold start: 32 of 32 episodes called the tool in-process, 0 of 32 through `slide serve`; with its
-  template writing `tool.function` for a wrapped tool, all 32 served episodes ended with the in-process reward,
-  turns, calls and tokens (20 identical, 12 the malformed-call difference below).
+- not in the tools: they are sent as OpenAI `tools`, and every chat template sees tools in that wrapped form,
+  run_episodes' too (slide/model/tokenizer.py: openai_tool). (Before that rule, a calculator cold start trained
+  on bare schemas called its tool in 0 of 32 served episodes against 32 of 32 in-process, 2026-12-03.)
 - a turn whose calls the server cannot parse comes back as plain content (the API has no "malformed call"), so the
   episode ends as a final answer (completed/answer, usually reward 0) where run_episodes says failed/invalid_format;
   the stop-token check of GLM's format (calls end with <|observation|>, and only calls do) is the server's.
@@ -40,6 +37,7 @@ from typing import Callable
 from slide.agent.env import EnvFactory
 from slide.agent.episode import AgentSample, decide_turn, run_turn_calls, start_episode, take_results
 from slide.tasks.base import Problem
+from slide.model.tokenizer import openai_tool
 
 PARALLEL = 8  # episodes in flight at once per endpoint (a server batches their turns)
 
@@ -94,10 +92,6 @@ def play_endpoint(ask: Ask, problems: list[Problem], env_factory: EnvFactory, ma
         return list(pool.map(one, range(len(problems))))
 
 
-def openai_tools(tools: list[dict]) -> list[dict]:
-    """Env tool schemas (plain or already OpenAI-style) as OpenAI `tools`."""
-    return [{"type": "function", "function": t.get("function", t)} for t in tools]
-
 
 def _parse(reply: Reply) -> dict:
     """The reply as episode.py's parsed turn: {"reasoning", "content", "tool_calls": [{"name", "arguments": dict}]},
@@ -122,7 +116,7 @@ def _play(ask: Ask, problem: Problem, group: int, env_factory: EnvFactory, max_n
     ep.sample = EndpointSample(**vars(ep.sample))
     s = ep.sample
     sent = [dict(m) for m in s.messages]  # the conversation in the API's shape (tool-call ids, JSON arguments)
-    tools = openai_tools(ep.tools)
+    tools = [openai_tool(t) for t in ep.tools]
     first_prompt, known = None, 0  # prompt_tokens of the first turn; response tokens known before this turn
     for turn in range(max_turns):
         if not ep.live:

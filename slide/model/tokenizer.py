@@ -151,7 +151,7 @@ def chat_prompt(tok, messages: list[dict], thinking: bool = True, tools: list | 
     try:
         return tok.apply_chat_template(
             _normalize_messages(messages),
-            tools=tools or None,
+            tools=[openai_tool(t) for t in tools] if tools else None,
             add_generation_prompt=generation_prompt,
             tokenize=False,
             enable_thinking=thinking,
@@ -159,6 +159,16 @@ def chat_prompt(tok, messages: list[dict], thinking: bool = True, tools: list | 
     except TemplateError as e:  # raise_exception() in the template: bad role, bad tool-call arguments
         raise UserError(f"chat messages, rendered by the template of {getattr(tok, 'name_or_path', '?')!r}: "
                         f"{' '.join(str(e).split())[:300]}") from None
+
+
+def openai_tool(tool: dict) -> dict:
+    """A tool as OpenAI clients send it, `{"type": "function", "function": SCHEMA}`, from a bare SCHEMA (what SLIDE's
+    environments describe) or as given. Every template sees this one form, so a model trained on an environment's
+    tools reads the same system prompt when a client offers the same tools to `slide serve` or vLLM (transformers
+    and the GLM, Qwen and Llama templates are written for it)."""
+    if tool.get("type") == "function" and isinstance(tool.get("function"), dict):
+        return tool
+    return {"type": "function", "function": tool}
 
 
 def _value_text(v: Any) -> str:
