@@ -100,6 +100,46 @@ def test_two_fsdp_ranks_make_the_one_process_update(ray_session):
         torch.testing.assert_close(sent[name], tensor, rtol=0, atol=1e-6)
 
 
+def test_ranks_past_zero_build_on_meta_and_make_the_full_load_update(ray_session, tmp_path):
+    """From a model.init folder with a KL reference: rank 1 builds policy and reference on the meta device (no
+    full tensor: 0 bytes built) and receives its shards from rank 0, which reads the folder (every byte of each
+    model); its buffers (the rotary inv_freq, in no state dict) equal a normally loaded model's, and two updates
+    (the second with a KL > 0: the policy has moved from the reference) equal one process's (loss, KL, gradient
+    norm within 1e-5 relative; weights 1e-6 absolute, as above)."""
+    tok = tokenizer_for(None, "auto")
+    torch.manual_seed(7)
+    init = load_config(RLConfig, None, SMALL)
+    saved, _ = policy_and_trainer(init, tok, torch.device("cpu"))
+    saved.save_pretrained(tmp_path / "init")
+    tok.save_pretrained(tmp_path / "init")
+    cfg = config("train.world_size=2", "train.micro_batch=4", f"model.init={tmp_path / 'init'}", "algo.kl_coef=0.1")
+    one_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"world_size": 1})})
+    policy, trainer = policy_and_trainer(one_cfg, tok, torch.device("cpu"))
+    buffers = {name: b.clone() for name, b in policy.named_buffers()}
+    one = [trainer.step(batch(3)), trainer.step(batch(4))]
+    group = TrainerGroup(cfg, placement=Placement.for_run(cfg))
+    try:
+        built = [ray.get(r.built_bytes.remote()) for r in group.ranks]
+        held = ray.get(group.ranks[1].buffers.remote())
+        two = [group.step(batch(3)), group.step(batch(4))]
+        refs, _ = group.publish(2, WeightSync("fp32", 1.0))
+        sent = {name: t for r in refs for name, t in ray.get(r).items}
+    finally:
+        group.close()
+        group.placement.remove()
+    full = sum(t.numel() * t.element_size() for t in saved.state_dict().values()) + \
+        sum(b.numel() * b.element_size() for b in saved.buffers())
+    assert built == [[full, full], [0, 0]]
+    assert any("inv_freq" in name for name in buffers) and held.keys() == buffers.keys()
+    for name, b in buffers.items():
+        assert torch.equal(held[name], b), name
+    assert one[0]["kl"] == 0 < one[1]["kl"]
+    for key in ("loss", "grad_norm", "kl"):
+        assert [t[key] for t in two] == pytest.approx([o[key] for o in one], rel=1e-5), key
+    for name, tensor in policy.state_dict().items():
+        torch.testing.assert_close(sent[name], tensor, rtol=0, atol=1e-6)
+
+
 def test_a_one_process_checkpoint_continues_in_two_ranks_and_back(ray_session, tmp_path):
     """A checkpoint written by one process (its AdamW state numbered by parameter) resumes in 2 FSDP ranks (the
     state renamed and sharded): their next update equals the one process's next update; the group's checkpoint

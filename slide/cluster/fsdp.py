@@ -1,15 +1,27 @@
 """FSDP2 for a trainer rank: shard the policy, gather it back bucket by bucket, checkpoint it sharded.
 
     shard(model, autocast, offload=False)                  # fully_shard per decoder layer, then the root
+    map_large_allocations()                                # a rank process: freed blocks go back to the system
     for bucket in gathered_buckets(model, version, "fp8", 256): ...   # every rank calls; rank 0 ships them
     save_sharded(model, opt, path) / load_sharded(model, opt, path)   # torch.distributed.checkpoint
     full = full_state_dict(model)                          # rank 0: the consolidated weights, for an HF folder
+
+The units, and what a rank holds (N ranks, P the model's parameters): every parameter as a 1/N shard, with its
+gradient shard and AdamW moments (P/N each). One unit per decoder layer: its weights gathered whole for its forward
+and again for its backward (at most two layers whole at once: the next one is prefetched), its gradient whole
+until reduce-scattered right after that layer's backward. The root unit holds the rest (embeddings, final norm,
+head): gathered for the whole forward and backward, as FSDP does for a root, its gradient whole until the backward
+ends. (The embeddings and head as units of their own, tied ones as one unit `fully_shard([embed, head])`, free
+them after the forward but leave the peak where it was: the step's peak is the head's backward, where they are
+whole either way; 234M benchmark model, 2026-12-03, benchmarks/RESULTS.md.) Ranks past 0 never build the whole
+model: slide/cluster/loading.py; a rank's malloc returns freed blocks: map_large_allocations.
 
 Gradients are *summed* over the ranks (divide factor 1): the trainer divides them by the update's global token
 (or sequence) count itself, so any split of a batch over ranks gives the one-process update.
 """
 from __future__ import annotations
 
+import ctypes
 import warnings
 from pathlib import Path
 from types import MethodType
@@ -37,12 +49,14 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return list(layers)
 
 
-def shard(model: torch.nn.Module, autocast: torch.dtype, offload: bool = False) -> torch.nn.Module:
+def shard(model: torch.nn.Module, autocast: torch.dtype, offload: bool = False,
+          device: torch.device | None = None) -> torch.nn.Module:
     """Shard `model` in place over the default process group: one FSDP unit per decoder layer, the rest (embeddings,
     final norm, head) in the root unit. On a GPU with bf16 training: bf16 compute, fp32 gradient reduction (FSDP2's
     MixedPrecisionPolicy); on a CPU the parameters stay fp32 and train.precision's autocast applies as in one process.
-    offload: parameters, gradients and optimizer state live in host memory between uses (CPUOffloadPolicy)."""
-    on_gpu = next(model.parameters()).is_cuda
+    offload: parameters, gradients and optimizer state live in host memory between uses (CPUOffloadPolicy).
+    device: where it computes (default: where its parameters are; a model on the meta device needs it)."""
+    on_gpu = (device or next(model.parameters()).device).type == "cuda"
     kwargs = {}
     if on_gpu and autocast != torch.float32:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=autocast, reduce_dtype=torch.float32)
@@ -61,6 +75,19 @@ def shard(model: torch.nn.Module, autocast: torch.dtype, offload: bool = False) 
     setattr(model, SCORING, MethodType(chunked_logprobs, model))
     register_fsdp_forward_method(model, SCORING)
     return model
+
+
+def map_large_allocations(threshold: int = 2**20) -> bool:
+    """glibc malloc: every allocation of `threshold` bytes or more gets its own mapping, returned to the system
+    when freed. An FSDP rank allocates and frees each unit's gathered weights, its unsharded gradients and the
+    communication buffers (MiBs each) at every forward and backward; by default glibc raises its mapping threshold
+    to the largest block freed (up to 32 MiB) and serves such blocks from its heap afterwards, which that churn
+    fragments: a rank's resident memory then grows ~1 GiB past its live tensors (234M benchmark model, 2026-12-03,
+    benchmarks/RESULTS.md). A fixed threshold turns that adjustment off. False where there is no glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:

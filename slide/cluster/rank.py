@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from slide.cluster import fsdp
+from slide.cluster.loading import build_sharded
 from slide.config import RLConfig
 from slide.device import resolve_device
 from slide.engine import set_threads
@@ -30,20 +31,35 @@ class TrainerRank:
         from slide.rl.parts import policy_and_trainer
         cfg = RLConfig.model_validate(cfg)
         set_threads(cfg.train.rank_threads)
+        fsdp.map_large_allocations()  # before any weight is allocated
         self.rank, self.world = rank, world
         self.device = resolve_device("cuda" if cfg.cluster.trainer_gpus else "cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # the GPU Ray gave this actor is its cuda:0
         dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=f"tcp://{address}:{port}",
                                 rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
-        torch.manual_seed(cfg.seed)  # the same fresh weights on every rank before sharding, as in one process
+        torch.manual_seed(cfg.seed)  # the global stream as in one process (fresh weights: rank 0 builds them)
         self.tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)
-        self.policy, self.trainer = policy_and_trainer(
-            cfg, self.tok, self.device, Path(ckpt) if ckpt else None,
-            shard=lambda model, autocast: fsdp.shard(model, autocast, cfg.train.offload))
+        self.built = []  # bytes of full tensors this rank built per model loaded (policy, reference): 0 on ranks > 0
+
+        def shard(build, autocast):
+            model, built = build_sharded(build, self.device, lambda m: fsdp.shard(m, autocast, cfg.train.offload,
+                                                                                  self.device), cfg.train.offload)
+            self.built.append(built)
+            return model
+        self.policy, self.trainer = policy_and_trainer(cfg, self.tok, self.device, Path(ckpt) if ckpt else None,
+                                                       shard=shard)
 
     def pid(self) -> int:
         return os.getpid()
+
+    def built_bytes(self) -> list[int]:
+        """Bytes of full tensors this rank built for each model it loaded (policy, then the reference if any)."""
+        return self.built
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """The policy's buffers, non-persistent ones included (what a state dict leaves out), for checks."""
+        return {name: b.clone() for name, b in self.policy.named_buffers()}
 
     # training: the PolicyTrainer's methods on this rank's share of the samples
     def step(self, samples: list[Sample]) -> dict:

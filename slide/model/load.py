@@ -7,22 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from slide.errors import UserError, first_line
 from slide.model.tiny import build_model, tiny_config
 
 CPU = torch.device("cpu")
+META = torch.device("meta")  # tensors with shapes and dtypes but no storage
 
 
 def load_model(path: str, what: str = "model", dtype: torch.dtype = torch.float32, device=CPU):
     """An HF causal LM from a local folder, in `dtype` (the architecture's fp32-only modules kept in fp32), on
     `device` (loaded on the CPU, then moved)."""
-    p = Path(path)
-    if not p.is_dir():
-        raise UserError(f"{what} {path!r}: no such checkpoint folder")
-    if not (p / "config.json").is_file():
-        raise UserError(f"{what} {path!r}: not a Hugging Face checkpoint (no config.json)")
+    p = checkpoint_folder(path, what)
     try:
         model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)
     except Exception as e:
@@ -30,10 +27,27 @@ def load_model(path: str, what: str = "model", dtype: torch.dtype = torch.float3
     return model.to(device).eval()
 
 
+def checkpoint_folder(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"{what} {path!r}: no such checkpoint folder")
+    if not (p / "config.json").is_file():
+        raise UserError(f"{what} {path!r}: not a Hugging Face checkpoint (no config.json)")
+    return p
+
+
 def load_policy(init: str | None, size: str, tokenizer, seed: int, dtype: torch.dtype = torch.float32,
                 device=CPU):
     """The checkpoint at `init` (its tokenizer checked against its embeddings), or a fresh tiny glm4_moe at `size`
-    (built on the CPU, so a seed gives the same weights on every device), in `dtype` on `device`."""
+    (built on the CPU, so a seed gives the same weights on every device), in `dtype` on `device`.
+    device META: the same architecture with no storage (only `init`'s config.json is read), for an FSDP2 rank
+    that receives its shards of the weights from rank 0 (slide/cluster/loading.py); its buffers are placeholders."""
+    if torch.device(device) == META:
+        with torch.device(META):
+            if init:
+                config = AutoConfig.from_pretrained(checkpoint_folder(init, "model.init"))
+                return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+            return cast_for_compute(build_model(tiny_config(size, tokenizer), seed), dtype).eval()
     if init:
         model = load_model(init, "model.init", dtype, device)
         check_vocab(tokenizer, model.get_input_embeddings().num_embeddings, f"model.init {init!r}")

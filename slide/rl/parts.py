@@ -151,23 +151,30 @@ def device_state(device: torch.device) -> dict:
 
 
 def policy_and_trainer(cfg: RLConfig, tok, device: torch.device, ckpt=None, shard=None):
-    """The policy (fp32 master weights; the checkpoint's, or model.init's) and its PolicyTrainer. shard: applied
-    to the policy before the optimizer is made (a trainer rank's FSDP2 sharding)."""
+    """The policy (fp32 master weights; the checkpoint's, or model.init's) and its PolicyTrainer. shard: a trainer
+    rank's FSDP2 loading, `shard(build, autocast) -> model`, where build(where) makes a model on `where` (the
+    device, or META: the architecture with no storage); the policy and the reference are sharded before the
+    optimizer is made (slide/cluster/loading.py)."""
     lora = cfg.train.lora
-    if lora.rank:  # LoRA: the frozen base from model.init, the adapter (and router biases) from the checkpoint
-        policy = add_lora(load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=device), lora, cfg.seed,
-                          ckpt / "adapter" if ckpt else None)
-    else:  # fp32 master weights; train.precision sets the autocast
-        policy = load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed,
-                             device=device)
     autocast = DTYPES[precision_for(cfg.train.precision, device)]
-    if shard is not None:
-        policy = shard(policy, autocast)
-    ref = load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=device) if cfg.algo.kl_coef > 0 \
-        else None  # the initial policy, run as the policy is (fp32 weights, the same autocast): KL 0 at the start
-    trainer = PolicyTrainer(policy, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,
+
+    def policy(where: torch.device):
+        if lora.rank:  # LoRA: the frozen base from model.init, the adapter (and router biases) from the checkpoint
+            return add_lora(load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=device), lora,
+                            cfg.seed, ckpt / "adapter" if ckpt else None)  # peft wraps a whole model: never META
+        # fp32 master weights; train.precision sets the autocast
+        return load_policy(str(ckpt / "model") if ckpt else cfg.model.init, cfg.model.size, tok, cfg.seed,
+                           device=where)
+
+    def reference(where: torch.device):  # the initial policy, run as the policy is (fp32 weights, the same
+        return load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=where)  # autocast): KL 0 at first
+
+    load = (lambda build: build(device)) if shard is None else (lambda build: shard(build, autocast))
+    model = load(policy)
+    ref = load(reference) if cfg.algo.kl_coef > 0 else None
+    trainer = PolicyTrainer(model, cfg.train, cfg.algo, cfg.rollout.temperature, tok.pad_token_id,
                             cfg.model.router_bias_rate, ref_model=ref, autocast=autocast)
-    return policy, trainer
+    return model, trainer
 
 
 def build(cfg: RLConfig, ckpt=None) -> Parts:
