@@ -20,6 +20,8 @@ its own tokenizer (tests/own_checkpoint.py: byte-level BPE trained here, ChatML 
   rl_async     mode=async, 2 Ray workers sharing the GPU (each resolves its device on its GPU share)
   rl_fsdp      train.world_size=2 (FSDP2 on NCCL, one GPU per rank; SKIP on one GPU) and rollout.engines=2
   rl_vllm      rollout.engine=vllm, bf16 (only where vllm is installed; else SKIP)
+  serve        benchmarks/serve_load.py at demo size: `slide serve` on the GPU, and vLLM's OpenAI server with its
+               GLM-4.5 tool-call and reasoning parsers where vllm is installed (requests/s, time to first token)
 Part 2, the scale-out stages of benchmarks/gpu_scale.py (a ~0.65B glm4_moe: BF16 update, FP8/BF16 in-place
 sync, FP8 kernels; vLLM's where installed, `--engine`).
 """
@@ -153,6 +155,15 @@ def command_stages(work: Path, device: str, vllm_version: str | None) -> None:
         if vllm_version is None:
             raise Skip("vllm is not installed")
         return run_rl("rl_vllm", "rollout.engine=vllm", "save_every=3")
+
+    @stage("serve")
+    def _():  # slide serve on the device, beside vLLM's OpenAI server with its GLM-4.5 parsers where installed
+        out = work / "serve_load.json"
+        vllm = ["--vllm", sys.executable, "--glm-parsers"] if vllm_version else []
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--size", "demo", "--out",
+                        str(out), *vllm], check=True, timeout=1200, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        return {"rows": [{k: r[k] for k in ("server", "clients", "requests_per_s", "ttft_median_s")}
+                         for r in json.loads(out.read_text())["rows"]]}
 
 
 def print_table(title: str) -> None:

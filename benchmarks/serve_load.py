@@ -127,6 +127,8 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--port", type=int, default=18300)
     p.add_argument("--vllm", help="the python that has vllm (e.g. .venv-vllm/bin/python); omitted: slide only")
+    p.add_argument("--glm-parsers", action="store_true", help="start vLLM's server with its GLM-4.5 tool-call and "
+                                                              "reasoning parsers (the README's deployment command)")
     p.add_argument("--out", default="benchmarks/results/serve_load.json")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,7 +142,9 @@ def main() -> None:
             from slide.engine.vllm_engine import _hf_overrides  # glm4_moe configs may omit head_dim; vLLM needs it
             rows += bench("vllm", [args.vllm, "-m", "vllm.entrypoints.openai.api_server", "--model", ckpt, "--port",
                                    str(args.port + 1), "--served-model-name", "m", "--dtype", "float32",
-                                   "--max-model-len", "2048", "--hf-overrides", json.dumps(_hf_overrides(Path(ckpt)))],
+                                   "--max-model-len", "2048", "--hf-overrides", json.dumps(_hf_overrides(Path(ckpt))),
+                                   *(["--enable-auto-tool-choice", "--tool-call-parser", "glm45", "--reasoning-parser",
+                                      "glm45"] if args.glm_parsers else [])],
                           args.port + 1, "m", args, venv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
