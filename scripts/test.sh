@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up (if needed) and runs the whole test suite (~18-22 min on 2 cores), then the vLLM engine's tests in
+# Sets up (if needed) and runs the whole test suite (~20-25 min on 2 cores; 32 min on one shared core, 2026-12-03), then the vLLM engine's tests in
 # .venv-vllm (scripts/setup_vllm.sh: a few minutes the first time, ~1 min of tests). With arguments, runs
 # only pytest in .venv with them. SLIDE_SKIP_VLLM=1 leaves out the vLLM part.
 set -euo pipefail
