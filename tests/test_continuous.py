@@ -128,3 +128,20 @@ def test_a_failing_request_fails_alone_and_the_engine_serves_on(engine, model, t
     engine.close()
     with pytest.raises(RuntimeError, match="closed"):
         engine.submit([PROMPTS[1]], GREEDY)
+
+
+def test_rows_that_end_at_their_first_token_leave_the_batch_untouched(engine, model, tok):
+    """A request whose every row ends at its first token (max_new_tokens 1) never enters the running batch: alone,
+    and while another request decodes (which goes on unchanged)."""
+    one = SamplingParams(temperature=0, max_new_tokens=1)
+    alone_rows = engine.generate(PROMPTS, one)
+    assert [[len(c.tokens), c.finish_reason] for g in alone_rows for c in g] == [[1, "length"]] * 3
+    later = {}
+
+    def submit_once(rows, toks):
+        if "short" not in later:
+            later["short"] = engine.submit(PROMPTS, one, n=2)
+    long = engine.generate([PROMPTS[1]], GREEDY, on_step=submit_once)
+    short = later["short"].wait()
+    assert [c.tokens for c in long[0]] == [c.tokens for c in alone(model, tok, PROMPTS[1], GREEDY)]
+    assert [[c.tokens for c in g] for g in short] == [[g[0].tokens] * 2 for g in alone_rows]

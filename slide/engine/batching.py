@@ -48,7 +48,20 @@ def _cut(c: Completion, limit: int) -> Completion:
     return Completion(c.tokens[:limit], c.logprobs[:limit], "length", c.version, routes)
 
 
-class BatchingEngine:
+class EngineWrapper:
+    """What a wrapper passes through from the engine it wraps (`self.engine`)."""
+
+    @property
+    def version(self) -> int:
+        return self.engine.version
+
+    @property
+    def model(self):
+        """The wrapped engine's model: what a WeightReceiver checks a push against."""
+        return self.engine.model
+
+
+class BatchingEngine(EngineWrapper):
     """Wraps an engine (generate, load_weights, version) so that concurrent generate calls share batches and
     never overlap a weight load."""
 
@@ -60,15 +73,6 @@ class BatchingEngine:
         self.batches = 0  # engine calls made
         self.requests = 0  # generate calls served
         self.rows = 0  # sequences generated (rows / batches: the mean engine batch)
-
-    @property
-    def version(self) -> int:
-        return self.engine.version
-
-    @property
-    def model(self):
-        """The wrapped engine's model: what a WeightReceiver checks a push against."""
-        return self.engine.model
 
     def load_weights(self, named_tensors, version: int) -> int:
         with self._cond:

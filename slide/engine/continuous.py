@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from slide.engine.batching import EngineWrapper
 from slide.engine.inprocess import Completion, InProcessEngine, SamplingParams, StepCallback, sample_token
 from slide.engine.kv_cache import growing_cache
 from slide.watchdog import beat
@@ -67,7 +68,7 @@ class _Row:
     finish: str | None = None
 
 
-class ContinuousEngine:
+class ContinuousEngine(EngineWrapper):
     """Wraps an InProcessEngine: concurrent generate calls share decode steps, each joining at the next one."""
 
     def __init__(self, engine: InProcessEngine, max_batch: int | None = None):
@@ -87,14 +88,6 @@ class ContinuousEngine:
         self.requests = self.peak_rows = 0  # requests submitted; the most rows decoded together
         self._thread = threading.Thread(target=self._loop, name="slide-continuous", daemon=True)
         self._thread.start()
-
-    @property
-    def version(self) -> int:
-        return self.engine.version
-
-    @property
-    def model(self):
-        return self.engine.model
 
     # ------------------------------------------------------------------------------------------ callers' side
     def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1,
@@ -208,11 +201,12 @@ class ContinuousEngine:
         self.admissions += 1
         keep = self._sample(rows, logits)
         idx = [k for k, kept in enumerate(keep) if kept]
+        if not idx:  # every new row ended at its first token
+            return
         if len(idx) < len(rows):
-            cache.batch_select_indices(torch.tensor(idx, device=dev))
+            cache.batch_select_indices(torch.tensor(idx, dtype=torch.long, device=dev))
             mask, rows = mask[idx], [rows[k] for k in idx]
-        if rows:
-            self._merge(rows, cache, mask)
+        self._merge(rows, cache, mask)
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[bool]:
         """Sample every row with its request's parameters (rows that share temperature and top_p and have no seeded
@@ -269,7 +263,7 @@ class ContinuousEngine:
         if not self.rows:
             self._cache, self._mask = None, None
             return
-        self._cache.batch_select_indices(torch.tensor(idx, device=self._mask.device))
+        self._cache.batch_select_indices(torch.tensor(idx, dtype=torch.long, device=self._mask.device))
         self._mask = self._mask[idx]
         first = int(self._mask.any(0).long().argmax())  # the first column some row attends to
         if first >= max(TRIM_MIN, self._mask.shape[1] // 4):
