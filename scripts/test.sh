@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Sets up (if needed) and runs the whole test suite (~20-25 min on 2 cores; 32 min on one shared core, 2026-12-03), then the vLLM engine's tests in
-# .venv-vllm (scripts/setup_vllm.sh: a few minutes the first time, ~1 min of tests). With arguments, runs
-# only pytest in .venv with them. SLIDE_SKIP_VLLM=1 leaves out the vLLM part.
+# Sets up (if needed) and runs the whole test suite (~20-25 min on 2 cores; 32 min on one shared core,
+# 2026-12-03), then the vLLM engine's tests in .venv-vllm (scripts/setup_vllm.sh: a few minutes the first time,
+# ~1 min of tests). With arguments, runs only pytest in .venv with them. SLIDE_SKIP_VLLM=1 leaves out the vLLM part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

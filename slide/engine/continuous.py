@@ -166,18 +166,13 @@ class ContinuousEngine(EngineWrapper):
             out.append(request)
         return out
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
-        model = self.engine.model
-        return model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-                     **{self.engine._cache_arg: cache}).logits[:, -1, :].float()
-
     def _decode(self) -> None:
         """One token for every running row."""
         dev = self.engine.model.device
         ids = torch.tensor([[r.tokens[-1]] for r in self.rows], device=dev)
         positions = torch.tensor([[r.prompt_len + len(r.tokens) - 1] for r in self.rows], device=dev)
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=-1)
-        logits = self._forward(ids, self._mask, positions, self._cache)
+        logits = self.engine.next_logits(ids, self._mask, positions, self._cache)
         self.steps += 1
         keep = self._sample(self.rows, logits)
         self._select(keep)
@@ -188,16 +183,9 @@ class ContinuousEngine(EngineWrapper):
         rows = [_Row(r, i * r.n + j, len(p)) for r in requests for i, p in enumerate(r.prompts) for j in range(r.n)]
         for r in requests:
             r.version = self.engine.version
-        P = max(row.prompt_len for row in rows)
-        ids = torch.full((len(rows), P), self.engine.pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), P), dtype=torch.long)
-        for k, row in enumerate(rows):
-            prompt = row.request.prompts[row.index // row.request.n]
-            ids[k, P - len(prompt):] = torch.tensor(prompt)
-            mask[k, P - len(prompt):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        cache = growing_cache(capacity=P + max(r.params.max_new_tokens for r in requests))
-        logits = self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
+        ids, mask = self.engine.left_padded([row.request.prompts[row.index // row.request.n] for row in rows])
+        cache = growing_cache(capacity=ids.shape[1] + max(r.params.max_new_tokens for r in requests))
+        logits = self.engine.next_logits(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
         self.admissions += 1
         keep = self._sample(rows, logits)
         idx = [k for k, kept in enumerate(keep) if kept]

@@ -99,13 +99,8 @@ class InProcessEngine:
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator,
                         on_step: StepCallback | None = None, offset: int = 0) -> list[Completion]:
         B, P = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((B, P), self.pad, dtype=torch.long)
-        mask = torch.zeros((B, P), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding: every row's next token lands in the last column
-            ids[i, P - len(p):] = torch.tensor(p)
-            mask[i, P - len(p):] = 1
         dev = self.model.device  # the engine runs where its model is (CPU, or a GPU in benchmarks/gpu_check.py)
-        ids, mask = ids.to(dev), mask.to(dev)
+        ids, mask = self.left_padded(prompts)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         stop = torch.tensor(params.stop_token_ids, dtype=torch.long, device=dev)
         tokens: list[list[int]] = [[] for _ in range(B)]
@@ -119,8 +114,7 @@ class InProcessEngine:
             for step in range(params.max_new_tokens):
                 if recorder:
                     recorder.at(step, live)  # step 0 is the prefill of every prompt token
-                logits = self.model(input_ids=next_ids, attention_mask=mask, position_ids=next_pos,
-                                    **{self._cache_arg: cache}, use_cache=True, logits_to_keep=1).logits[:, -1, :].float()  # [b, V]
+                logits = self.next_logits(next_ids, mask, next_pos, cache)  # [b, V]
                 if step < params.min_new_tokens and len(stop):
                     logits[:, stop] = float("-inf")
                 tok, lp = sample_token(logits, params, generator)
@@ -145,6 +139,22 @@ class InProcessEngine:
                 next_pos = next_pos[:, -1:] + 1
         routes = [recorder.routes(i, len(p), len(tokens[i])) if recorder else None for i, p in enumerate(prompts)]
         return [Completion(tokens[i], logprobs[i], finish[i], self.version, routes[i]) for i in range(B)]
+
+    def left_padded(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, attention mask) [B, longest prompt] on the model's device, left-padded: every row's next token
+        lands in the last column."""
+        B, P = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((B, P), self.pad, dtype=torch.long)
+        mask = torch.zeros((B, P), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, P - len(p):] = torch.tensor(p)
+            mask[i, P - len(p):] = 1
+        return ids.to(self.model.device), mask.to(self.model.device)
+
+    def next_logits(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        """[b, V] fp32 logits of the next token after `ids` (a prefill, or one token per row), extending `cache`."""
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **{self._cache_arg: cache},
+                          use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
 
     @staticmethod
     def _stopped(on_step: StepCallback, live: torch.Tensor, tok: torch.Tensor, ended: torch.Tensor,

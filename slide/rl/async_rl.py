@@ -205,7 +205,8 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
             saving = step % cfg.save_every == 0 or step == cfg.steps
             with timer("eval"):
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                    evals.submit(step, buckets)  # the buckets pushed this step, if it pushed
+                    # the buckets pushed this step, if it pushed: the workers' copy in the object store, not a second
+                    evals.submit(step, pool.buckets_ref if buckets is not None else None)
                 metrics.update(evals.collect(run_dir, step, wait_below=step + (step == cfg.steps) if saving else 0))
             metrics["time/step_s"] = time.perf_counter() - t_step
             metrics.update(timer)
@@ -215,7 +216,7 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, progress) -> dict:
             run_dir.log_metrics(step, metrics)
             if progress:
                 progress(step, metrics)
-            if step % cfg.save_every == 0 or step == cfg.steps:
+            if saving:
                 p.save(run_dir, step, state(), merged=cfg.train.lora.save_merged or step == cfg.steps)
                 store.checkpointed()
     return evals.last

@@ -76,9 +76,11 @@ class InlineEval:
         self.counts = Counter()
         self.last: dict | None = None
 
-    def submit(self, version: int, buckets: list | None = None) -> None:
-        """Score `version`: its buckets, or (None) the trainer's weights now."""
+    def submit(self, version: int, buckets: list | ray.ObjectRef | None = None) -> None:
+        """Score `version`: its buckets (or an object-store ref to them), or (None) the trainer's weights now."""
         t0 = time.perf_counter()
+        if isinstance(buckets, ray.ObjectRef):
+            buckets = ray.get(buckets)
         if buckets is None:
             self.p.push(self.engine, version=version)
         else:
@@ -144,13 +146,14 @@ class BackgroundEval(InlineEval):
                                              num_cpus=self.cfg.disagg.worker_threads).remote(
             self.cfg.model_dump(mode="json"), self.p.held_out, self.p.device.type)
 
-    def submit(self, version: int, buckets: list | None = None) -> None:
-        """Queue `version` (its buckets, or None: published now from the trainer), replacing a waiting older one."""
+    def submit(self, version: int, buckets: list | ray.ObjectRef | None = None) -> None:
+        """Queue `version` (its buckets, a ref to them already in the object store, e.g. the workers' push, or
+        None: published now from the trainer), replacing a waiting older one."""
         if buckets is None:
             buckets = self.p.publish(version)[0]
         if self.fallback is not None:
             return self.fallback.submit(version, buckets)
-        self._queue(version, ray.put(buckets))
+        self._queue(version, buckets if isinstance(buckets, ray.ObjectRef) else ray.put(buckets))
 
     def _queue(self, version: int, ref) -> None:
         if self.queued is not None:
