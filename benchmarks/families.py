@@ -55,6 +55,8 @@ def main() -> None:
                                                       "(OUT/FAMILY/sft) instead of new SFT runs")
     ap.add_argument("--sft-set", nargs="*", default=[], help="extra SFT overrides for every family (KEY=VALUE), e.g. "
                                                              "eval_every=10 (held-out checks cost more than training)")
+    ap.add_argument("--rl-set", nargs="*", default=[], help="extra RL overrides for every family (KEY=VALUE), e.g. "
+                                                            "algo.kl_coef=0 (an arm against the shipped defaults)")
     ap.add_argument("--quick", action="store_true", help="the demo's smoke-test sizes (test model, a few steps)")
     ap.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts for SFT's stop and before/after "
                                                                       "(default: the demo configs' 200)")
@@ -70,7 +72,7 @@ def main() -> None:
         # 96 new tokens (the project default, and what SFT's evaluation allows): the new families' longest traces
         # run past demo_rl.yaml's 48, which was set for arithmetic:2
         rl = [f"data.train={family}", "rollout.max_new_tokens=96", *([f"steps={a.rl_steps}"] if a.rl_steps else [])]
-        sft, rl = sft + [f"threads={a.threads}", *a.sft_set], rl + [f"threads={a.threads}"]
+        sft, rl = sft + [f"threads={a.threads}", *a.sft_set], rl + [f"threads={a.threads}", *a.rl_set]
         if a.calibrate:
             rl += ["temperature.calibrate=true", "temperature.calibrate_grid=[0.7,1.0,1.3]",
                    "temperature.recheck_every=50", "curriculum.auto=true"]

@@ -20,6 +20,7 @@ its own tokenizer (tests/own_checkpoint.py: byte-level BPE trained here, ChatML 
   rl_async     mode=async, 2 Ray workers sharing the GPU (each resolves its device on its GPU share)
   rl_fsdp      train.world_size=2 (FSDP2 on NCCL, one GPU per rank; SKIP on one GPU) and rollout.engines=2
   rl_vllm      rollout.engine=vllm, bf16 (only where vllm is installed; else SKIP)
+  rl_vllm_sleep  the same with rollout.vllm_sleep=1: GPU memory vLLM frees for each training step, sleep/wake s
   serve        benchmarks/serve_load.py at demo size: `slide serve` on the GPU, and vLLM's OpenAI server with its
                GLM-4.5 tool-call and reasoning parsers where vllm is installed (requests/s, time to first token)
 Part 2, the scale-out stages of benchmarks/gpu_scale.py (a ~0.65B glm4_moe: BF16 update, FP8/BF16 in-place
@@ -155,6 +156,18 @@ def command_stages(work: Path, device: str, vllm_version: str | None) -> None:
         if vllm_version is None:
             raise Skip("vllm is not installed")
         return run_rl("rl_vllm", "rollout.engine=vllm", "save_every=3")
+
+    @stage("rl_vllm_sleep")
+    def _():  # vLLM lends its GPU memory to the trainer between rollout and push (rollout.vllm_sleep=1)
+        if vllm_version is None or device != "cuda":
+            raise Skip("vllm is not installed" if vllm_version is None else "vLLM has no sleep mode on a CPU")
+        out = run_rl("rl_vllm_sleep", "rollout.engine=vllm", "rollout.vllm_sleep=1", "save_every=3")
+        m = rows(work / "runs" / "rl_vllm_sleep" / "metrics.jsonl")
+        freed = [r.get("engine/sleep_freed_gib", 0.0) for r in m]
+        if min(freed) <= 0:
+            raise AssertionError(f"sleep freed no GPU memory at some step: {freed}")
+        return {**out, "sleep_freed_gib": [round(f, 2) for f in freed],
+                "sleep_s": [round(r["engine/sleep_s"], 2) for r in m], "wake_s": [round(r["engine/wake_s"], 2) for r in m]}
 
     @stage("serve")
     def _():  # slide serve on the device, beside vLLM's OpenAI server with its GLM-4.5 parsers where installed

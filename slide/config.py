@@ -112,6 +112,10 @@ class RolloutSpec(Section):
                                               "Ray actors sharing each generate call's prompts (mode=async: "
                                               "disagg.workers)")
     engine_threads: int = Field(1, ge=1, description="engines > 1: torch threads per engine actor")
+    vllm_sleep: int = Field(0, ge=0, le=2, description="engine=vllm colocated with the trainer on a GPU: vLLM's "
+                                                       "sleep level while the trainer steps (0 off; 1 weights to "
+                                                       "host memory, KV cache freed; 2 both freed, the next push "
+                                                       "refills the weights); the push wakes it")
     length_stages: list[tuple[int, int]] = Field(
         [], description="output-length schedule for training rollouts: [[from_step, max_new_tokens], ...] with "
                         "growing limits; [] = single stage at max_new_tokens (evaluation always uses max_new_tokens)")
@@ -320,6 +324,9 @@ class RLConfig(Section):
         if self.train.offload and not (self.train.world_size > 1 and self.cluster.trainer_gpus):
             raise ValueError("train.offload: moves a trainer group's GPU shards to host memory; it needs "
                              "train.world_size > 1 and cluster.trainer_gpus > 0 (on a CPU they are there already)")
+        if self.rollout.vllm_sleep and (self.rollout.engine != "vllm" or self.rollout.engines > 1):
+            raise ValueError("rollout.vllm_sleep: for rollout.engine=vllm with rollout.engines=1 (one engine beside "
+                             "the trainer in the driver's process)")
         if self.mode == "async" and self.rollout.engines > 1:
             raise ValueError("rollout.engines > 1: mode=sync only; mode=async has its rollout workers "
                              "(disagg.workers)")

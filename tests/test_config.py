@@ -70,3 +70,20 @@ def test_async_takes_several_updates_per_step_and_decoupled_ppo():
         load_config(RLConfig, None, ["algo.importance=decoupled", "algo.decoupled_cap=0.5"])
     with pytest.raises(UserError, match=r"algo.importance: Input should be 'tis', 'mis', 'decoupled' or 'none'"):
         load_config(RLConfig, None, ["algo.importance=proximal"])
+
+
+def test_vllm_sleep_needs_one_vllm_engine_and_a_gpu():
+    """rollout.vllm_sleep: vLLM's sleep mode for one engine beside the trainer; elsewhere a one-line error, and on a
+    CPU (no sleep mode there) an error that says so before vLLM starts."""
+    from slide.engine import make_engine
+    from slide.model.tiny import build_model, tiny_config
+    from slide.model.tokenizer import load_tokenizer
+    assert load_config(RLConfig, None, ["rollout.engine=vllm", "rollout.vllm_sleep=1"]).rollout.vllm_sleep == 1
+    for bad in (["rollout.vllm_sleep=1"], ["rollout.engine=vllm", "rollout.engines=2", "rollout.vllm_sleep=2"]):
+        with pytest.raises(UserError, match="rollout.vllm_sleep: for rollout.engine=vllm with rollout.engines=1"):
+            load_config(RLConfig, None, bad)
+    with pytest.raises(UserError, match="rollout.vllm_sleep: Input should be less than or equal to 2"):
+        load_config(RLConfig, None, ["rollout.engine=vllm", "rollout.vllm_sleep=3"])
+    model = build_model(tiny_config("test", load_tokenizer()), seed=0)
+    with pytest.raises(UserError, match="sleep mode frees GPU memory; this run's model is on the CPU"):
+        make_engine("vllm", model, 0, sleep_level=1)

@@ -234,6 +234,33 @@ def test_sampling_n_stops_logprobs_seed(engine, glm):
             == [g[0].tokens for g in engine.generate(PROMPTS, GREEDY)])
 
 
+def test_sleep_then_push_or_generate_wakes_the_engine(engine, glm):
+    """rollout.vllm_sleep's calls through vLLM's own sleep / wake_up API: a push after sleep wakes the weights, then
+    the KV cache; a generate after sleep wakes everything; outputs equal an engine that never slept. vLLM's CPU
+    worker has no sleep mode (it ignores the calls): what memory the calls free is measured on a GPU
+    (benchmarks/gpu_check.py, stage rl_vllm_sleep)."""
+    calls = []
+    sleep, wake = engine.llm.sleep, engine.llm.wake_up
+    engine.llm.sleep = lambda level: (calls.append(("sleep", level)), sleep(level=level))
+    engine.llm.wake_up = lambda tags=None: (calls.append(("wake", tags)), wake(tags))
+    engine.sleep_level = 1
+    try:
+        trainer = perturbed(glm, seed=7)
+        engine.sleep()
+        engine.sleep()  # already asleep: no second call
+        version = push(engine, trainer)
+        assert calls == [("sleep", 1), ("wake", ["weights"]), ("wake", None)]
+        assert_matches(engine.generate(PROMPTS, GREEDY), hf_greedy(trainer, PROMPTS, 12))
+        engine.sleep()
+        out = engine.generate(PROMPTS, GREEDY)  # e.g. an eval before any push
+        assert calls[3:] == [("sleep", 1), ("wake", None)] and all(g[0].version == version for g in out)
+        assert set(engine.pop_counts()) == {"engine/sleep_s", "engine/sleep_freed_gib", "engine/wake_s"}
+        assert engine.pop_counts() == {}
+    finally:
+        engine.sleep_level = 0
+        del engine.llm.sleep, engine.llm.wake_up
+
+
 def test_bad_engine_arguments_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         VLLMEngine(tmp_path)

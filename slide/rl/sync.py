@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from slide.config import RLConfig
 from slide.device import memory_metrics
-from slide.engine import close_engine
+from slide.engine import close_engine, sleep_engine
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.curriculum import successes
 from slide.rl.parts import build
@@ -69,7 +69,9 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -
                                                        cfg.algo.dynamic_sampling, cfg.algo.max_sample_rounds, gen)
         # 2. advantages: group-normalised rewards, one value per sequence
         set_advantages(batch, cfg.algo.scale_adv_by_std)
-        # 3. train, 4. push the new weights into the engine in place
+        # 3. train (vLLM on a GPU with rollout.vllm_sleep lends the trainer its memory), 4. push the new weights
+        # into the engine in place (waking it)
+        sleep_engine(engine)
         samples = [s for g in batch for s in g]
         with timer("train"):
             stats = trainer.step(samples) if samples else {}
@@ -84,7 +86,7 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -
             "groups_trained": len(batch), "max_new_tokens": rollout.params.max_new_tokens,
             **source.stats(), **(stage_stats or {}),
             **{f"sampling/{k}": v for k, v in sampling_stats.items()},
-            **reward.pop_stats(), **stats, **getattr(engine, "pop_counts", dict)(),  # an engine group's replacements
+            **reward.pop_stats(), **stats, **getattr(engine, "pop_counts", dict)(),  # engine group replacements, vLLM's sleep
             **pending,
         })
         pending = {}
