@@ -238,6 +238,10 @@ class ReadinessSpec(Section):
                                                   "(at most 2 x rollout.prompts_per_step: about two steps' rollouts)")
     thin_share: float = Field(0.25, ge=0, le=1, description="below this share of groups with a reward signal the "
                                                             "signal is called thin (and curriculum.auto acts)")
+    stop_if: Literal["never", "none", "thin"] = Field(
+        "never", description="end a fresh run before step 1 (one error: line with the advice, exit 2; readiness.json "
+                             "kept) when the check, after calibration, finds no group with a signal (none) or too few "
+                             "(thin): GRPO has nothing to learn from such a start")
 
 
 class AgentSpec(Section):

@@ -8,7 +8,7 @@ from slide.config import RLConfig, TemperatureSpec, load_config
 from slide.engine.inprocess import Completion
 from slide.eval.passk import verifiers
 from slide.rl.curriculum import auto_mode
-from slide.rl.readiness import check, has_levels, measure, training_sample, verdict, Measured
+from slide.rl.readiness import check, has_levels, measure, should_stop, training_sample, verdict, Measured
 from slide.rl.temperature import DynamicTemperature, choose_temperature, curve_scores, expected_signal_share
 from slide.tasks import parse_task_specs
 
@@ -176,3 +176,30 @@ def test_rl_run_checks_readiness_then_acts_on_it(tmp_path):
     assert rows[0]["ready/signal_share"] == report["signal_share"] and rows[0]["temperature/calibrated"] == 1.0
     assert "curriculum/pool_est_mean" in rows[0] and "temperature/signal@0.5" in rows[1]  # rlcs on; step 2 re-checked
     assert "mode: rlcs" in (run.path / "config.yaml").read_text()  # a resumed run rebuilds the same source
+
+
+def test_stop_if_judges_the_share_at_the_temperature_the_run_samples_at():
+    def report(shares, chosen=None):
+        r = {"temperature": 1.0, "signal_share": shares[1.0],
+             "by_temperature": {t: {"signal_share": v} for t, v in shares.items()}}
+        return r if chosen is None else {**r, "chosen_temperature": chosen}
+    none, thin = report({1.0: 0.0}), report({1.0: 0.1})
+    assert [should_stop(none, s, 0.25) for s in ("never", "none", "thin")] == [False, True, True]
+    assert [should_stop(thin, s, 0.25) for s in ("never", "none", "thin")] == [False, False, True]
+    assert not should_stop(report({1.0: 0.5}), "thin", 0.25)
+    calibrated = report({0.7: 0.0, 1.0: 0.0, 1.3: 0.3}, chosen=1.3)  # nothing at 1.0, calibration chose 1.3
+    assert not should_stop(calibrated, "thin", 0.25) and should_stop(report({0.7: 0.3, 1.0: 0.0}, 1.0), "none", 0.25)
+
+
+def test_rl_stops_before_step_1_when_no_group_has_a_signal(tmp_path, capsys):
+    """A random-init model never answers arithmetic right: with readiness.stop_if=none the run ends before step 1
+    with one error line (exit 2) and keeps readiness.json; nothing trained, no checkpoint."""
+    code = main(["rl", f"out_dir={tmp_path}", "name=cold", "steps=2", "eval_every=0", "data.train=arithmetic:2",
+                 "data.eval_prompts=4", "rollout.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=6",
+                 "readiness.stop_if=none", "threads=1"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(err) == 1
+    assert "readiness.stop_if=none" in err[0] and "more SFT" in err[0]
+    report = json.loads((tmp_path / "cold" / "readiness.json").read_text())
+    assert report["status"] == "none" and report["signal_share"] == 0.0
+    assert not (tmp_path / "cold" / "checkpoints").exists() or not any((tmp_path / "cold" / "checkpoints").iterdir())

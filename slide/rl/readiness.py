@@ -161,6 +161,14 @@ def print_report(report: dict, title: str = "readiness for RL", stderr: bool = F
     console.print(f"{report['status']}: {report['advice']}")
 
 
+def should_stop(report: dict, stop_if: str, thin_share: float) -> bool:
+    """readiness.stop_if: whether the signal share at the temperature the run will sample at (the calibrated one,
+    if chosen) is nil (`none`) or under `thin_share` (`thin`)."""
+    chosen = report.get("chosen_temperature", report["temperature"])
+    share = report["by_temperature"].get(chosen, {"signal_share": report["signal_share"]})["signal_share"]
+    return {"never": False, "none": share == 0, "thin": share < thin_share}[stop_if]
+
+
 class RunReadiness:
     """The check inside `slide rl` (sync mode): before step 1 it measures, reports and acts (temperature.calibrate
     picks the temperature, curriculum.auto switches a curriculum on); `signal(t)` re-measures for calibration."""
@@ -213,6 +221,10 @@ class RunReadiness:
             out["ready/curriculum_switched"] = 1.0
         (run_dir.path / "readiness.json").write_text(json.dumps(report, indent=2))
         print_report(report, stderr=True)
+        if should_stop(report, c.readiness.stop_if, c.readiness.thin_share):
+            from slide.errors import UserError
+            raise UserError(f"readiness ({run_dir.path / 'readiness.json'}): {report['advice']}; stopped before "
+                            f"step 1 (readiness.stop_if={c.readiness.stop_if}; never: train anyway)")
         for key in ("chosen_temperature", "curriculum"):
             if key in report:
                 print(f"readiness: {key.replace('_', ' ')} -> {report[key]}", file=sys.stderr, flush=True)
