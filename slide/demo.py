@@ -114,6 +114,7 @@ def run_demo(out: str, quick: bool = False, device: str = "auto", init: str | No
         "rl_pass@1_last3_mean": sum(last3) / len(last3),
         "sft_steps": len(_read(sft_path / "metrics.jsonl")),
         "sft_from": sft_from,
+        "sft_dir": str(sft_path), "rl_dir": str(rl_dir.path),
         "rl_steps": rl_cfg.steps,
         "sft_seconds": round(t_sft, 1),
         "rl_seconds": round(t_rl, 1),
