@@ -1,5 +1,6 @@
 """The needle-retrieval documents (slide/pretrain/corpora.py, version 2): one-token keys, unique in a document and
-absent from the haystack; the answer is the asked key's value; training documents answer their questions in place."""
+absent from the haystack; the answer is the asked key's value; training documents answer their questions in place.
+And the copy documents that come first: a string repeated after a gap."""
 import random
 import re
 
@@ -63,3 +64,10 @@ def test_training_documents_fit_a_row_with_their_end_token_and_ask_every_key():
 def test_the_corpus_file_name_carries_the_generator_version(tmp_path):
     path = build("needle:128", str(tmp_path), tok=None)
     assert path.endswith("needle_128_v2_s0.jsonl")
+
+
+def test_copy_documents_repeat_their_24_letters_after_a_gap():
+    from slide.pretrain.corpora import copy_docs
+    for d in copy_docs(count=30, seed=2):
+        a, gap, again = d.split("|")
+        assert a == again and len(a) == 24 and a.isalpha() and 0 <= len(gap) <= 40

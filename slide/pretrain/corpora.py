@@ -9,6 +9,8 @@
                           lowercase filler words with a needle line `KVV` (one capital letter, two digits) every
                           ~20 tokens (1 to that many in training documents), then questions `?K` about every
                           key, answered in place but the last (the eval: ~20 tokens a needle, one question)
+    builtin:copy          content-copy documents: 24 random letters, `|`, 0-40 random letters, `|`, the 24 again
+                          (only an induction head predicts the copy: what needle retrieval needs first)
 
 A source path `builtin:NAME` is built once into `corpora_dir/NAME.jsonl` and reused; the same seed gives the same
 file on every machine with the same Python.
@@ -20,6 +22,7 @@ import difflib
 import json
 import os
 import random
+import string
 import sysconfig
 from pathlib import Path
 
@@ -119,8 +122,8 @@ def reasoning_docs(tok, count: int = 2000, seed: int = 0, spec: str = "arithmeti
 # Needle documents, version 2 (issue 24): a char-level model retrieves by matching ONE token, the key, so a
 # previous-token head plus an induction head can answer (`?K` attends to the token after the earlier `K`, copies
 # it); version 1's four-digit keys needed a multi-token match. Keys never occur in the haystack, and a filler of few
-# words keeps long documents at few keys (26 at most) while the distances grow. The test-size model had not learned
-# either version within ~2,000 steps (benchmarks/RESULTS.md, 2026-12-03).
+# words keeps long documents at few keys (26 at most) while the distances grow. The test-size model learns these only
+# once an induction head exists (builtin:copy first; benchmarks/RESULTS.md, 2026-12-03).
 NEEDLE_VERSION = 2  # in the corpus file's name: a changed generator never reuses an old file
 NEEDLE_KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # one token each with the built-in tokenizer
 NEEDLE_EVERY = 20  # document tokens per needle: a 512-token document holds 25 keys
@@ -175,14 +178,29 @@ def needle_docs(max_len: int, count: int = 3000, seed: int = 0) -> list[str]:
     return docs
 
 
+def copy_docs(count: int = 6000, seed: int = 0) -> list[str]:
+    """Documents whose second copy of a random string only an induction head (match the current letter earlier,
+    copy its successor) predicts: the gap varies, so no fixed-offset head can. The test-size model forms that head in
+    ~500 steps here and not in 2,400 steps of needle documents alone, whose copy targets are sparse."""
+    rng = random.Random(seed)
+    letters = string.ascii_letters
+    docs = []
+    for _ in range(count):
+        a = "".join(rng.choice(letters) for _ in range(24))
+        gap = "".join(rng.choice(letters) for _ in range(rng.randint(0, 40)))
+        docs.append(f"{a}|{gap}|{a}")
+    return docs
+
+
 def build(spec: str, corpora_dir: str, tok, seed: int = 0) -> str:
     """The JSONL path of builtin corpus `spec` (without the prefix), built now if absent."""
     name, _, arg = spec.partition(":")
     makers = {"code": lambda: code_docs(), "text": lambda: text_docs(), "repo": lambda: repo_docs(seed=seed),
-              "reasoning": lambda: reasoning_docs(tok, seed=seed), "needle": lambda: needle_docs(int(arg), seed=seed)}
+              "reasoning": lambda: reasoning_docs(tok, seed=seed), "needle": lambda: needle_docs(int(arg), seed=seed),
+              "copy": lambda: copy_docs(seed=seed)}
     if name not in makers or (name == "needle") != bool(arg) or (arg and not arg.isdigit()):
         raise UserError(f"data source {BUILTIN}{spec}: unknown corpus (allowed: {BUILTIN}code, {BUILTIN}text, "
-                        f"{BUILTIN}repo, {BUILTIN}reasoning, {BUILTIN}needle:MAX_TOKENS)")
+                        f"{BUILTIN}repo, {BUILTIN}reasoning, {BUILTIN}needle:MAX_TOKENS, {BUILTIN}copy)")
     version = f"_v{NEEDLE_VERSION}" if name == "needle" else ""
     path = Path(corpora_dir) / f"{name}{'_' + arg if arg else ''}{version}_s{seed}.jsonl"
     if not path.is_file():
