@@ -13,8 +13,8 @@ class SourceSpec(Section):
     """One weighted source of a pre-training data mixture (slide/pretrain/streams.py)."""
     name: str = Field(..., min_length=1, description="label in metrics and summary.json (held-out loss per source)")
     path: str = Field(..., description="a .jsonl file (one JSON object a line), a .parquet file, a folder of text "
-                                       "files (each file one document), or builtin:code|text|repo|reasoning|needle "
-                                       "(a miniature corpus built offline, slide/pretrain/corpora.py)")
+                                       "files (each file one document), or builtin:code|text|repo|reasoning|needle"
+                                       "|copy (a miniature corpus built offline, slide/pretrain/corpora.py)")
     weight: float = Field(1.0, gt=0, description="relative share of the documents drawn")
     field: str = Field("text", description="the text field of a JSONL object / Parquet column")
 

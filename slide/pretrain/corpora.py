@@ -5,8 +5,12 @@
     builtin:repo          repo-level documents: one package's files in one context, after a generated description,
                           an issue and a change in diff format (GLM's repo-level mid-training data)
     builtin:reasoning     synthetic reasoning traces: worked solutions of slide/tasks' generators in the chat layout
-    builtin:needle:MAX    key-value retrieval documents up to MAX tokens: many `kNNNN=VV` lines, then a query
-                          `?kNNNN=` answered by one of them (the long-context stage)
+    builtin:needle:MAX    key-value retrieval documents up to MAX tokens (the long-context stage): a haystack of
+                          lowercase filler words with a needle line `KVV` (one capital letter, two digits) every
+                          ~20 tokens (1 to that many in training documents), then questions `?K` about every
+                          key, answered in place but the last (the eval: ~20 tokens a needle, one question)
+    builtin:copy          content-copy documents: 24 random letters, `|`, 0-40 random letters, `|`, the 24 again
+                          (only an induction head predicts the copy: what needle retrieval needs first)
 
 A source path `builtin:NAME` is built once into `corpora_dir/NAME.jsonl` and reused; the same seed gives the same
 file on every machine with the same Python.
@@ -18,6 +22,7 @@ import difflib
 import json
 import os
 import random
+import string
 import sysconfig
 from pathlib import Path
 
@@ -114,23 +119,76 @@ def reasoning_docs(tok, count: int = 2000, seed: int = 0, spec: str = "arithmeti
             for p in problems]
 
 
-def needle_doc(rng: random.Random, length: int) -> tuple[str, str]:
-    """(document, answer): `kNNNN=VV` lines filling ~`length` characters (tokens, with the built-in tokenizer),
-    then `?kNNNN=` asking for one of them, chosen uniformly; the answer is its two digits."""
-    n = max(1, (length - 9) // 9)  # 9 characters a line, 7 for the query + 2 of answer
-    keys = rng.sample(range(10_000), n)
-    values = [rng.randrange(100) for _ in keys]
-    q = rng.randrange(n)
-    body = "".join(f"k{k:04d}={v:02d}\n" for k, v in zip(keys, values))
-    return body + f"?k{keys[q]:04d}=", f"{values[q]:02d}"
+# Needle documents, version 2 (issue 24): a char-level model retrieves by matching ONE token, the key, so a
+# previous-token head plus an induction head can answer (`?K` attends to the token after the earlier `K`, copies
+# it); version 1's four-digit keys needed a multi-token match. Keys never occur in the haystack, and a filler of few
+# words keeps long documents at few keys (26 at most) while the distances grow. The test-size model learns these only
+# once an induction head exists (builtin:copy first; benchmarks/RESULTS.md, 2026-12-03).
+NEEDLE_VERSION = 2  # in the corpus file's name: a changed generator never reuses an old file
+NEEDLE_KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # one token each with the built-in tokenizer
+NEEDLE_EVERY = 20  # document tokens per needle: a 512-token document holds 25 keys
+FILLER = ("the", "of", "and", "a", "in", "is", "it", "to", "was", "for", "on", "as", "with", "his", "they", "at",
+          "be", "this", "from", "have", "or", "by", "one", "had", "not", "but", "what", "all", "were", "when", "we",
+          "there")  # lowercase only: no key, digit, `?` or `=` in the haystack
+
+
+def _filler_lines(rng: random.Random, chars: int) -> list[str]:
+    """Lines of random filler words, each ending in a newline, `chars` characters in all (the last word cut)."""
+    lines, left = [], chars
+    while left > 0:
+        words = " ".join(rng.choice(FILLER) for _ in range(rng.randint(3, 8)))
+        line = (words[:left - 1] + "\n") if left > 1 else "\n"
+        lines.append(line)
+        left -= len(line)
+    return lines
+
+
+def needle_doc(rng: random.Random, length: int, queries: int = 1, n_keys: int | None = None) -> tuple[str, str]:
+    """(document, answer) of `length` characters together (tokens, with the built-in tokenizer; at least 16).
+
+    The document: filler lines with `n` needle lines `KVV` (distinct capital keys, values 00-99) between them at
+    random (`n = n_keys`, else `length // NEEDLE_EVERY`, 1 to 26), then `queries` questions about distinct keys: `?KVV`
+    lines, answered in place, but the last, `?K`, whose value is the answer (two digits: chance 1 in 100)."""
+    n = max(1, min(len(NEEDLE_KEYS), n_keys or length // NEEDLE_EVERY))
+    keys = rng.sample(NEEDLE_KEYS, n)
+    values = [f"{rng.randrange(100):02d}" for _ in keys]
+    asked = rng.sample(range(n), max(1, min(queries, n)))
+    questions = "".join(f"?{keys[q]}{values[q]}\n" for q in asked[:-1]) + f"?{keys[asked[-1]]}"
+    filler = _filler_lines(rng, max(0, length - 4 * n - len(questions) - 2))
+    slots = [[] for _ in range(len(filler) + 1)]  # the needles before filler line i (the last slot: after all)
+    for j in range(n):
+        slots[rng.randrange(len(slots))].append(f"{keys[j]}{values[j]}\n")
+    body = "".join("".join(needles) + line for needles, line in zip(slots, filler + [""]))
+    return body + questions, values[asked[-1]]
 
 
 def needle_docs(max_len: int, count: int = 3000, seed: int = 0) -> list[str]:
+    """Training documents of 64..max_len tokens with their end-of-text token (never cut by a max_len row). Each
+    holds 1 to length // NEEDLE_EVERY keys, uniformly, and asks about every one (Zoology's multi-query associative
+    recall: each answered question is a retrieval to learn from, where one final question gives two answer tokens
+    a document). Documents with one or two keys are the stepping stone: copying the digits after a capital letter
+    pays before matching the key does, and matching then picks the right one of several."""
     rng = random.Random(seed + 31)
     docs = []
     for _ in range(count):
-        doc, answer = needle_doc(rng, rng.randint(min(64, max_len), max_len))
+        length = rng.randint(min(64, max_len - 1), max_len - 1)
+        keys = rng.randint(1, max(1, min(len(NEEDLE_KEYS), length // NEEDLE_EVERY)))
+        doc, answer = needle_doc(rng, length, queries=keys, n_keys=keys)
         docs.append(doc + answer)
+    return docs
+
+
+def copy_docs(count: int = 6000, seed: int = 0) -> list[str]:
+    """Documents whose second copy of a random string only an induction head (match the current letter earlier,
+    copy its successor) predicts: the gap varies, so no fixed-offset head can. The test-size model forms that head in
+    ~500 steps here and not in 2,400 steps of needle documents alone, whose copy targets are sparse."""
+    rng = random.Random(seed)
+    letters = string.ascii_letters
+    docs = []
+    for _ in range(count):
+        a = "".join(rng.choice(letters) for _ in range(24))
+        gap = "".join(rng.choice(letters) for _ in range(rng.randint(0, 40)))
+        docs.append(f"{a}|{gap}|{a}")
     return docs
 
 
@@ -138,11 +196,13 @@ def build(spec: str, corpora_dir: str, tok, seed: int = 0) -> str:
     """The JSONL path of builtin corpus `spec` (without the prefix), built now if absent."""
     name, _, arg = spec.partition(":")
     makers = {"code": lambda: code_docs(), "text": lambda: text_docs(), "repo": lambda: repo_docs(seed=seed),
-              "reasoning": lambda: reasoning_docs(tok, seed=seed), "needle": lambda: needle_docs(int(arg), seed=seed)}
+              "reasoning": lambda: reasoning_docs(tok, seed=seed), "needle": lambda: needle_docs(int(arg), seed=seed),
+              "copy": lambda: copy_docs(seed=seed)}
     if name not in makers or (name == "needle") != bool(arg) or (arg and not arg.isdigit()):
         raise UserError(f"data source {BUILTIN}{spec}: unknown corpus (allowed: {BUILTIN}code, {BUILTIN}text, "
-                        f"{BUILTIN}repo, {BUILTIN}reasoning, {BUILTIN}needle:MAX_TOKENS)")
-    path = Path(corpora_dir) / f"{name}{'_' + arg if arg else ''}_s{seed}.jsonl"
+                        f"{BUILTIN}repo, {BUILTIN}reasoning, {BUILTIN}needle:MAX_TOKENS, {BUILTIN}copy)")
+    version = f"_v{NEEDLE_VERSION}" if name == "needle" else ""
+    path = Path(corpora_dir) / f"{name}{'_' + arg if arg else ''}{version}_s{seed}.jsonl"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -1,0 +1,73 @@
+"""The needle-retrieval documents (slide/pretrain/corpora.py, version 2): one-token keys, unique in a document and
+absent from the haystack; the answer is the asked key's value; training documents answer their questions in place.
+And the copy documents that come first: a string repeated after a gap."""
+import random
+import re
+
+from slide.pretrain.corpora import NEEDLE_KEYS, build, needle_doc, needle_docs
+
+NEEDLE = re.compile(r"^([A-Z])(\d\d)$")
+
+
+def _parse(doc: str) -> tuple[dict[str, str], list[str], list[str]]:
+    """(needles key -> value, filler lines, question lines) of a document."""
+    needles, filler, questions = {}, [], []
+    for line in doc.split("\n"):
+        if line.startswith("?"):
+            questions.append(line)
+        elif m := NEEDLE.match(line):
+            assert m[1] not in needles, f"key {m[1]} twice"
+            needles[m[1]] = m[2]
+        else:
+            filler.append(line)
+    return needles, filler, questions
+
+
+def test_a_document_holds_one_needle_per_20_tokens_and_asks_one_of_its_keys():
+    for seed in range(50):
+        doc, answer = needle_doc(random.Random(seed), 128)
+        needles, filler, questions = _parse(doc)
+        # 128 // 20 = 6 needles; 2 answer characters make the document and its answer 128 tokens exactly
+        assert len(needles) == 6 and len(doc) + len(answer) == 128
+        assert questions == [questions[-1]] and re.fullmatch(r"\?[A-Z]", questions[-1])
+        assert needles[questions[-1][1]] == answer  # the answer is the asked key's value
+        assert not any(c in NEEDLE_KEYS or c.isdigit() or c in "?=" for c in "".join(filler))  # keys only in needles
+
+
+def test_long_documents_keep_to_the_26_keys_and_short_ones_keep_one():
+    assert len(_parse(needle_doc(random.Random(0), 1000)[0])[0]) == 26  # 1000 // 20 = 50, capped at 26 letters
+    doc, answer = needle_doc(random.Random(0), 16)
+    assert len(_parse(doc)[0]) == 1 and len(doc) + len(answer) == 16
+
+
+def test_earlier_questions_are_answered_in_place_with_their_keys_values():
+    doc, answer = needle_doc(random.Random(3), 200, queries=4)  # 10 needles, 4 distinct keys asked
+    needles, _, questions = _parse(doc)
+    assert len(questions) == 4 and len({q[1] for q in questions}) == 4
+    for q in questions[:-1]:
+        assert q[2:] == needles[q[1]]
+    assert needles[questions[-1][1]] == answer and len(doc) + len(answer) == 200
+
+
+def test_training_documents_fit_a_row_with_their_end_token_and_ask_every_key():
+    docs = needle_docs(512, count=60, seed=1)
+    assert all(64 <= len(d) <= 511 for d in docs)
+    counts = set()
+    for d in docs:
+        needles, _, questions = _parse(d)
+        assert 1 <= len(needles) <= min(26, len(d) // 20) and len(questions) == len(needles)
+        assert all(q[2:] == needles[q[1]] for q in questions)  # the last one carries its answer too
+        counts.add(len(needles))
+    assert 1 in counts and max(counts) >= 20  # from one key (the stepping stone) to many
+
+
+def test_the_corpus_file_name_carries_the_generator_version(tmp_path):
+    path = build("needle:128", str(tmp_path), tok=None)
+    assert path.endswith("needle_128_v2_s0.jsonl")
+
+
+def test_copy_documents_repeat_their_24_letters_after_a_gap():
+    from slide.pretrain.corpora import copy_docs
+    for d in copy_docs(count=30, seed=2):
+        a, gap, again = d.split("|")
+        assert a == again and len(a) == 24 and a.isalpha() and 0 <= len(gap) <= 40
