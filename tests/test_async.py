@@ -227,7 +227,11 @@ def test_kill_and_resume_through_the_cli(sft_init, tmp_path):
     assert {int(f.stem) for f in (path / "groups").glob("*.pt")} == {t["group"] for t in traj} - set(outcomes)
     # the checkpoint's outstanding problems (handed out before the kill) were rolled out again or delivered
     rolled = {t["prompt"] for t in traj if t["step"] > 2} | {x["prompt"] for x in state_at(path, 6)["outstanding"]}
-    assert ckpt["outstanding"] and {x["prompt"] for x in ckpt["outstanding"]} <= rolled
+    outstanding = {x["prompt"] for x in ckpt["outstanding"]}
+    assert outstanding <= rolled
+    if not outstanding:  # the workers had all delivered (or waited on max_staleness) when the checkpoint was taken:
+        # seen once on one core shared with other jobs (2026-12-03); every other property above still held
+        warnings.warn("the step-2 checkpoint had no outstanding problems: their re-roll went unchecked this run")
     assert audit(cfg, path) >= 0
     from test_evaluator import check_eval_log
     check_eval_log(cfg, path)  # no eval version lost or logged twice across the kill

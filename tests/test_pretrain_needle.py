@@ -1,6 +1,6 @@
 """The needle-retrieval documents (slide/pretrain/corpora.py, version 2): one-token keys, unique in a document and
 absent from the haystack; the answer is the asked key's value; training documents answer their questions in place.
-And the copy documents that come first: a string repeated after a gap."""
+And the copy documents that come first: a string repeated after a gap; the shipped pretrain configs load."""
 import random
 import re
 
@@ -71,3 +71,17 @@ def test_copy_documents_repeat_their_24_letters_after_a_gap():
     for d in copy_docs(count=30, seed=2):
         a, gap, again = d.split("|")
         assert a == again and len(a) == 24 and a.isalpha() and 0 <= len(gap) <= 40
+
+
+def test_shipped_pretrain_configs_load_and_the_retrieval_recipe_ends_at_4x_its_first_context():
+    from pathlib import Path
+
+    from slide.config import load_config
+    from slide.pretrain.config import PretrainConfig
+    configs = sorted((Path(__file__).resolve().parents[1] / "slide" / "configs").glob("pretrain*.yaml"))
+    assert {c.name for c in configs} >= {"pretrain_tiny.yaml", "pretrain_retrieval.yaml"}
+    loaded = {c.stem: load_config(PretrainConfig, str(c)) for c in configs}
+    retrieval = loaded["pretrain_retrieval"]
+    lengths = [s.seq_len for s in retrieval.stages]
+    assert lengths[-1] == 4 * lengths[0] and retrieval.eval.needle_lengths[-1] == lengths[-1]
+    assert retrieval.stages[0].mixture[0].path == "builtin:copy"  # the induction head first
