@@ -30,7 +30,7 @@ FAMILIES = ("strings", "counting", "sorting", "base", "word", "lookup")  # the t
 AGENTIC = ("lookup",)
 
 
-def fresh_eval(family: str, cold: Path, rl_run: Path, count: int, stop_prompts: int, device: str) -> dict:
+def fresh_eval(family: str, cold: Path, rl_run: Path, count: int, stop_prompts: int, device: str = "auto") -> dict:
     """Greedy pass@1 of the cold start and of RL's last checkpoint on `count` fresh held-out prompts (seed 1),
     never one of the prompts SFT's stop rule checked (seed 0, `stop_prompts`) nor one RL trained on.
 
@@ -39,6 +39,7 @@ def fresh_eval(family: str, cold: Path, rl_run: Path, count: int, stop_prompts: 
     too low. Fewer than `count` where a family's problem space is small (then `prompts` says how many)."""
     import torch
 
+    from slide.device import resolve_device
     from slide.engine.inprocess import InProcessEngine
     from slide.eval.passk import evaluate, verifiers
     from slide.model.load import load_with_tokenizer
@@ -51,7 +52,7 @@ def fresh_eval(family: str, cold: Path, rl_run: Path, count: int, stop_prompts: 
     final = sorted((rl_run / "checkpoints").glob("step_*/model"))[-1]
     scores = {}
     for name, folder in (("before", cold), ("after", final)):
-        model, tok = load_with_tokenizer(str(folder), name, torch.float32, torch.device(device))
+        model, tok = load_with_tokenizer(str(folder), name, torch.float32, resolve_device(device))
         scores[name] = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=1,
                                 max_new_tokens=96)["summary"]["pass@1"]
     return {"fresh_prompts": len(problems), "fresh_before": scores["before"], "fresh_after": scores["after"],
@@ -108,7 +109,7 @@ def main() -> None:
             s = results[family]
             s.update(fresh_eval(family, Path(s.get("sft_dir", Path(a.sft_from or out) / family / "sft")) / "final",
                                 Path(s.get("rl_dir", out / family / "rl")), a.fresh_prompts, a.eval_prompts or 200,
-                                a.device if a.device != "auto" else "cpu"))
+                                a.device))
             (out / "families.json").write_text(json.dumps(results, indent=2))
             print(HEADER + "\n" + row(family, results[family]), flush=True)
             continue
@@ -128,7 +129,7 @@ def main() -> None:
                            sft_from=str(Path(a.sft_from) / family) if a.sft_from else None)
         if a.fresh_prompts and not a.quick:
             summary.update(fresh_eval(family, Path(summary["sft_dir"]) / "final", Path(summary["rl_dir"]),
-                                      a.fresh_prompts, a.eval_prompts or 200, a.device if a.device != "auto" else "cpu"))
+                                      a.fresh_prompts, a.eval_prompts or 200, a.device))
         summary["load_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         results[family] = summary
         out.mkdir(parents=True, exist_ok=True)
