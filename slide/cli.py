@@ -336,9 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """argparse ends `nargs="*"` at the first flag, so `slide pretrain CONFIG --chain key=value` would leave
+    `key=value` unparsed: overrides after a flag join the command's overrides."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(argv)
         _quiet()
         args.fn(args)
     except UserError as e:

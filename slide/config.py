@@ -112,6 +112,10 @@ class RolloutSpec(Section):
                                               "Ray actors sharing each generate call's prompts (mode=async: "
                                               "disagg.workers)")
     engine_threads: int = Field(1, ge=1, description="engines > 1: torch threads per engine actor")
+    weight_transport: Literal["torch", "ray"] = Field(
+        "torch", description="engines > 1: how pushes reach the engine actors: torch = a torch.distributed group of "
+                             "their own with the trainer (rank 0 of a trainer group) as sender (gloo on CPUs, NCCL on "
+                             "GPUs); ray = one copy in the Ray object store that every engine reads")
     vllm_sleep: int = Field(0, ge=0, le=2, description="engine=vllm colocated with the trainer on a GPU: vLLM's "
                                                        "sleep level while the trainer steps (0 off; 1 weights to "
                                                        "host memory, KV cache freed; 2 both freed, the next push "

@@ -34,6 +34,15 @@ def test_missing_config_file():
 def test_bad_flag_and_command():
     assert_user_error(slide("eval", "--model"), "--model")
     assert_user_error(slide("frobnicate"), "frobnicate")
+    assert_user_error(slide("pretrain", "x.yaml", "--chain", "--fast", "threads=2"), "unrecognized arguments: --fast")
+
+
+def test_overrides_after_a_flag_join_the_command_s_overrides():
+    from slide.cli import _parse
+    a = _parse(["pretrain", "c.yaml", "threads=1", "--chain", "threads=2", "out_dir=o"])
+    assert (a.config, a.overrides, a.chain) == ("c.yaml", ["threads=1", "threads=2", "out_dir=o"], True)
+    a = _parse(["rl", "--resume", "runs/rl", "steps=9"])
+    assert (a.resume, a.config, a.overrides) == ("runs/rl", "steps=9", [])  # slide.cli._config_args: an override
 
 
 @pytest.mark.parametrize("rows,needle", [

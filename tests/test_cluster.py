@@ -174,30 +174,36 @@ def test_a_one_process_checkpoint_continues_in_two_ranks_and_back(ray_session, t
         torch.testing.assert_close(trainer2.opt.state[p]["exp_avg_sq"], moments[n], rtol=1e-5, atol=1e-12)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp8"])
-def test_every_engine_holds_exactly_what_was_sent_and_a_dead_one_is_replaced(ray_session, precision):
-    """Two engine actors: after a push each holds the sent BF16 tensors, or the FP8 payloads' dequantization, and
-    the version. One is killed: the next generate replaces it (on the last version) and still answers every prompt,
-    the same as before the kill (each share samples from its own seed)."""
+def held_exactly(engines, policy, version: int, precision: str) -> None:
+    """Every engine actor holds `version`: the sent BF16 tensors, or the FP8 payloads' dequantization."""
+    expected = {}
+    for b in make_buckets(policy.state_dict().items(), version, precision, 0.05):
+        for name, payload in b.items:
+            expected[name] = payload.dequantize(torch.bfloat16) if isinstance(payload, Fp8Weight) else payload
+    for actor in engines.actors:
+        assert ray.get(actor.version.remote()) == version
+        held = ray.get(actor.weights.remote())
+        for name, tensor in expected.items():
+            assert torch.equal(held[name], tensor.to(held[name].dtype)), name
+
+
+@pytest.mark.parametrize("precision,transport", [("bf16", "torch"), ("fp8", "torch"), ("bf16", "ray")])
+def test_every_engine_holds_exactly_what_was_sent_and_a_dead_one_is_replaced(ray_session, precision, transport):
+    """Two engine actors, weights over a gloo channel (torch) or the object store (ray): after a push each holds
+    exactly what was sent, and the version. One is killed: the next generate replaces it (on the last version) and
+    still answers every prompt, the same as before the kill (each share samples from its own seed). One killed
+    before a push: the push replaces it and every engine holds the new version."""
     from slide.cluster.engines import EngineGroup
     from slide.cluster.weights import push
     from slide.engine.inprocess import SamplingParams
-    cfg = config("rollout.engines=2", f"rollout.precision={precision}")
+    cfg = config("rollout.engines=2", f"rollout.precision={precision}", f"rollout.weight_transport={transport}")
     placement = Placement.for_run(cfg)
     engines = EngineGroup(cfg, placement)
     try:
         policy, _ = policy_and_trainer(cfg, tokenizer_for(None, "auto"), torch.device("cpu"))
         stats = push(WeightSync(precision, 0.05), policy, engines, version=3)
         assert engines.version == 3 and stats["sync/buckets"] > 3
-        expected = {}
-        for b in make_buckets(policy.state_dict().items(), 3, precision, 0.05):
-            for name, payload in b.items:
-                expected[name] = payload.dequantize(torch.bfloat16) if isinstance(payload, Fp8Weight) else payload
-        for actor in engines.actors:
-            assert ray.get(actor.version.remote()) == 3
-            held = ray.get(actor.weights.remote())
-            for name, tensor in expected.items():
-                assert torch.equal(held[name], tensor.to(held[name].dtype)), name
+        held_exactly(engines, policy, 3, precision)
         prompts = [[5, 6, 7], [8, 9], [10, 11, 12], [13]]
         params = SamplingParams(temperature=1.0, max_new_tokens=6)
         before = engines.generate(prompts, params, n=2, generator=torch.Generator().manual_seed(0))
@@ -207,6 +213,13 @@ def test_every_engine_holds_exactly_what_was_sent_and_a_dead_one_is_replaced(ray
         assert ray.get(engines.actors[1].version.remote()) == 3
         assert [[c.tokens for c in g] for g in after] == [[c.tokens for c in g] for g in before]
         assert len(after) == 4 and all(len(g) == 2 for g in after)
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.add_(0.01)
+        ray.kill(engines.actors[0])
+        push(WeightSync(precision, 0.05), policy, engines, version=4)
+        assert engines.pop_counts() == {"engines_replaced": 1} and engines.version == 4
+        held_exactly(engines, policy, 4, precision)
     finally:
         engines.close()
         placement.remove()

@@ -1,6 +1,8 @@
 """The needle-retrieval documents (slide/pretrain/corpora.py, version 2): one-token keys, unique in a document and
 absent from the haystack; the answer is the asked key's value; training documents answer their questions in place.
-And the copy documents that come first: a string repeated after a gap; the shipped pretrain configs load."""
+And the copy documents that come first: a string repeated after a gap; the shipped pretrain configs load; reasoning
+traces that never hold an evaluated problem."""
+import json
 import random
 import re
 
@@ -85,3 +87,16 @@ def test_shipped_pretrain_configs_load_and_the_retrieval_recipe_ends_at_4x_its_f
     lengths = [s.seq_len for s in retrieval.stages]
     assert lengths[-1] == 4 * lengths[0] and retrieval.eval.needle_lengths[-1] == lengths[-1]
     assert retrieval.stages[0].mixture[0].path == "builtin:copy"  # the induction head first
+
+
+def test_reasoning_traces_never_hold_a_problem_sft_or_rl_evaluates_on(tok, tmp_path):
+    from slide.model.tokenizer import chat_prompt
+    from slide.rl.data import eval_problems
+    from slide.tasks import parse_task_specs
+    path = build("reasoning", str(tmp_path), tok)
+    assert path.endswith("reasoning_v2_s0.jsonl")
+    heads = {json.loads(line)["text"].split("<|assistant|>")[0] for line in open(path)}  # each document's prompt
+    assert len(heads) > 1900
+    for spec in ("arithmetic:2", "arithmetic:1", "countdown:3", "arithmetic:1-3,countdown:2-3"):  # the demo's first
+        held = [chat_prompt(tok, [{"role": "user", "content": p.prompt}]) for p in eval_problems(parse_task_specs(spec), 200, 0)]
+        assert not [h for h in held if h.split("<|assistant|>")[0] in heads], spec

@@ -1,11 +1,11 @@
-"""Weight sync: bucket boundaries, version stamps, stale/partial detection, engine parity, gloo broadcast."""
+"""Weight sync: bucket boundaries, version stamps, stale/partial detection, engine parity, the gloo channel."""
 import copy
+import os
 import pickle
 from datetime import timedelta
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from slide.engine.inprocess import InProcessEngine, SamplingParams
@@ -15,7 +15,7 @@ from slide.weights.buckets import (KEEP_FP32, Bucket, IncompleteSyncError, Stale
                                    WeightSync, WeightSyncError, encode, encoded_nbytes, make_buckets,
                                    payload_nbytes, plan_buckets)
 from slide.weights.fp8 import Fp8Weight, error_bound, is_quantizable, quantize_blockwise
-from slide.weights.transport import broadcast_push, broadcast_receive, pack, unpack
+from slide.weights.transport import Channel, pack, unpack
 
 MB = 2**20
 PROMPTS = [[1, 2, 4, 18, 60, 61], [1, 2, 4, 18, 70], [1, 2, 4, 18, 80, 81, 82, 83]]
@@ -247,38 +247,48 @@ def test_engines_hold_pushed_weights_in_their_compute_dtype(base, precision):
         worker.load_weights(list(sync.buckets(trainer, 3)))
 
 
-# -- torch.distributed (gloo), 2 processes ---------------------------------------------------------
+# -- torch.distributed (gloo): a Channel from one sender to two engines, 3 processes --------------------
 
-def _gloo_worker(rank: int, store: str):
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))
+def _channel_member(rank: int, port: int, died):
     torch.set_num_threads(1)
+    ch = Channel("127.0.0.1", port, rank, 3, timeout=timedelta(seconds=60))
     config = tiny_config("test", load_tokenizer())
     base = build_model(config, seed=0)
-    trainer = perturbed(base, 1)  # both ranks build it: rank 1 uses it only to check what arrived
-    try:
-        if rank == 0:
-            fp32 = broadcast_push(WeightSync("fp32", 1.0), trainer, version=1)
-            fp8 = broadcast_push(WeightSync("fp8", 1.0), trainer, version=2)
-            assert fp8["sync/bytes"] < 0.3 * fp32["sync/bytes"]
-            with pytest.raises(WeightSyncError, match="rejected version 1"):
-                broadcast_push(WeightSync("bf16", 1.0), trainer, version=1)  # stale
-        else:
-            engine = InProcessEngine(copy.deepcopy(base))
-            stats = broadcast_receive(engine)
-            assert engine.version == 1 and stats["sync/buckets"] > 1
-            assert all(torch.equal(engine.model.state_dict()[n], t) for n, t in trainer.state_dict().items())
-            broadcast_receive(engine)
-            got, want = engine.model.state_dict(), expected_state(trainer, "fp8")
-            assert engine.version == 2 and all(torch.equal(got[n], want[n]) for n in want)
-            with pytest.raises(StaleVersionError):
-                broadcast_receive(engine)
-            assert engine.version == 2 and all(torch.equal(engine.model.state_dict()[n], want[n]) for n in want)
-    finally:
-        dist.destroy_process_group()
+    trainer = perturbed(base, 1)  # every process builds it: the engines use it only to check what arrived
+    if rank == 0:
+        fp32 = ch.send(WeightSync("fp32", 1.0).buckets(trainer, 1))
+        fp8 = ch.send(WeightSync("fp8", 1.0).buckets(trainer, 2))
+        assert fp32["lost"] == fp8["lost"] == {} and fp8["sync/bytes"] < 0.3 * fp32["sync/bytes"]
+        assert ch.send(WeightSync("bf16", 1.0).buckets(trainer, 1))["lost"] == {}  # stale: the engines refuse it
+        later = perturbed(base, 2)
+        died.wait(60)  # engine 2 is gone: the push still reaches engine 1, and names the one it lost
+        stats = ch.send(WeightSync("fp32", 0.05).buckets(later, 3))
+        assert list(stats["lost"]) == [2] and stats["sync/buckets"] > 3, stats
+    else:
+        engine = InProcessEngine(copy.deepcopy(base))
+        stats = ch.receive(engine)
+        assert engine.version == 1 and stats["sync/buckets"] > 1
+        assert all(torch.equal(engine.model.state_dict()[n], t) for n, t in trainer.state_dict().items())
+        ch.receive(engine)
+        want = expected_state(trainer, "fp8")
+        assert engine.version == 2 and all(torch.equal(engine.model.state_dict()[n], want[n]) for n in want)
+        with pytest.raises(StaleVersionError):
+            ch.receive(engine)
+        assert engine.version == 2 and all(torch.equal(engine.model.state_dict()[n], want[n]) for n in want)
+        if rank == 2:
+            died.set()
+            os._exit(0)  # an engine process that dies before the next push, its connections closed
+        ch.receive(engine)
+        later = perturbed(base, 2)
+        assert engine.version == 3 and all(torch.equal(engine.model.state_dict()[n], t) for n, t in later.state_dict().items())
+    ch.close()
 
 
-def test_gloo_broadcast_two_processes(tmp_path):
+def test_channel_sends_every_engine_the_version_and_survives_a_dead_engine():
+    from slide.cluster.trainer_group import free_port
+    died = mp.get_context("fork").Event()
     # fork, not spawn: the children inherit the imported modules instead of importing torch and transformers
     # again (~5 s each); each sets 1 intra-op thread first, which is what makes forking after torch safe
-    mp.start_processes(_gloo_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True, start_method="fork")
+    ctx = mp.start_processes(_channel_member, args=(free_port(), died), nprocs=3, join=False, start_method="fork")
+    while not ctx.join():
+        pass

@@ -22,6 +22,7 @@ from slide.engine import set_threads
 from slide.model.tokenizer import tokenizer_for
 from slide.rl.sample import Sample
 from slide.weights.buckets import Bucket
+from slide.weights.transport import Channel
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # a peer that died: the survivors' collectives fail after this
 
@@ -41,6 +42,7 @@ class TrainerRank:
         torch.manual_seed(cfg.seed)  # the global stream as in one process (fresh weights: rank 0 builds them)
         self.tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)
         self.built = []  # bytes of full tensors this rank built per model loaded (policy, reference): 0 on ranks > 0
+        self.channel: Channel | None = None  # rank 0: the weight channel to the engines (weight_transport=torch)
 
         def shard(build, autocast):
             model, built = build_sharded(build, self.device, lambda m: fsdp.shard(m, autocast, cfg.train.offload,
@@ -92,6 +94,28 @@ class TrainerRank:
                 moved += bucket.nbytes
         return (refs, moved) if self.rank == 0 else None
 
+    def endpoint(self) -> tuple[str, int]:
+        """Where rank 0 hosts a new weight channel (its node's address, a free port)."""
+        from slide.cluster.trainer_group import free_port
+        return ray.util.get_node_ip_address(), free_port()
+
+    def open_channel(self, address: str, port: int, size: int) -> None:
+        """Rank 0: a new weight channel to the engines (slide/cluster/channel.py), closing the one before."""
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = Channel(address, port, 0, size, self.device)
+
+    def send(self, version: int, precision: str, bucket_mb: float) -> dict | None:
+        """Every rank gathers the buckets from the shards (as `publish`); rank 0 sends each over its channel as soon
+        as it is whole and returns the channel's stats (the others None). A lost engine never stops the gathering:
+        the ranks stay in step."""
+        buckets = fsdp.gathered_buckets(self.policy, version, precision, bucket_mb)
+        if self.rank == 0:
+            return self.channel.send(buckets)
+        for _ in buckets:
+            pass
+        return None
+
     def load_state(self, state: dict, ckpt: str) -> None:
         self.trainer.load_state_dict(state, Path(ckpt))
 
@@ -109,6 +133,8 @@ class TrainerRank:
         return state
 
     def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
         if dist.is_initialized():
             dist.destroy_process_group()
 

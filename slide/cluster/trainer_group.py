@@ -3,6 +3,7 @@
     trainer = TrainerGroup(cfg, ckpt)        # the ranks start in the run's placement group and shard the policy
     stats = trainer.step(samples)            # each rank trains on its share; the update is the whole batch's
     refs = trainer.publish(version, sync)    # the weights, gathered bucket by bucket, in the Ray object store
+    trainer.send(sync, version)              # ... or over rank 0's weight channel to an engine group
     state = trainer.save(folder)             # sharded model+optimizer (DCP) and a consolidated HF folder
 
 The drivers call it as they call a PolicyTrainer. A batch is shared out in contiguous, token-balanced parts;
@@ -117,6 +118,17 @@ class TrainerGroup:
     def publish(self, version: int, sync: WeightSync) -> tuple[list, int]:
         """One version's buckets in the Ray object store (refs, in order), gathered from the shards; their bytes."""
         return self._each("publish", version, sync.precision, sync.bucket_mb)[0]
+
+    def endpoint(self) -> tuple[str, int]:
+        return self._all([self.ranks[0].endpoint.remote()])[0]
+
+    def open_channel(self, address: str, port: int, size: int) -> None:
+        """Rank 0 opens a weight channel to `size - 1` engines (slide/cluster/channel.py)."""
+        self._all([self.ranks[0].open_channel.remote(address, port, size)])
+
+    def send(self, sync: WeightSync, version: int) -> dict:
+        """One version over rank 0's channel, gathered from the shards; the channel's stats."""
+        return self._each("send", version, sync.precision, sync.bucket_mb)[0]
 
     def save(self, folder) -> dict:
         """Write `folder`/trainer (every rank's shards) and `folder`/model (rank 0); returns the trainer state."""

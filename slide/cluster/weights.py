@@ -1,4 +1,5 @@
-"""Weights from the trainer to engines when either side is Ray actors: one version's buckets in the object store.
+"""Weights from the trainer to engines when either side is Ray actors: over a torch.distributed channel to an engine
+group (rollout.weight_transport=torch, slide/cluster/channel.py), else one version's buckets in the object store.
 
 A trainer group gathers each bucket from its shards and puts it there (rank 0); a one-process trainer puts its
 own. An engine group's actors each read the refs and apply the version when complete (slide/weights/buckets.py
@@ -19,6 +20,9 @@ def push(sync: WeightSync, source, engine, version: int) -> dict[str, float]:
     """`source` (a TrainerGroup, or a one-process policy module) -> `engine` (an EngineGroup, or an engine in
     this process) as `version`; sync stats (bytes and buckets one engine received, seconds of the whole push)."""
     t0 = time.perf_counter()
+    if isinstance(engine, EngineGroup) and engine.transport == "torch":
+        moved, count = engine.load_from(source, sync, version)
+        return {"sync/bytes": moved, "sync/buckets": count, "sync/seconds": time.perf_counter() - t0}
     if hasattr(source, "publish"):
         refs, _ = source.publish(version, sync)
     else:

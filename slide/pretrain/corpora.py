@@ -108,13 +108,26 @@ def repo_docs(limit: int = 60, seed: int = 0) -> list[str]:
     return out
 
 
-def reasoning_docs(tok, count: int = 2000, seed: int = 0, spec: str = "arithmetic:1-3,countdown:2-3") -> list[str]:
-    """Worked solutions in the model's chat layout, avoiding RL's default held-out problems (seed 0)."""
-    from slide.model.tokenizer import assistant_text, chat_prompt
-    from slide.rl.data import PromptSource, eval_problems
+def held_out_prompts(spec: str, count: int = 1000) -> list:
+    """The held-out problems SFT and RL evaluate on (seed 0) for `spec` and for each of its task:level pairs alone
+    (slide demo's `arithmetic:2` is one): a pair's first N held-out problems are the same for any N <= count."""
+    from slide.rl.data import eval_problems
     from slide.tasks import parse_task_specs
     specs = parse_task_specs(spec)
-    problems = PromptSource(specs, seed + 7_919, eval_problems(specs, 500, 0)).next(count)
+    out = eval_problems(specs, count, 0)
+    for task, levels in specs:
+        for level in levels:
+            out += eval_problems([(task, (level,))], count, 0)
+    return out
+
+
+def reasoning_docs(tok, count: int = 2000, seed: int = 0, spec: str = "arithmetic:1-3,countdown:2-3") -> list[str]:
+    """Worked solutions in the model's chat layout, never one of the held-out problems SFT and RL evaluate on
+    (held_out_prompts), so a chain's pass@1 after pre-training is measured on problems it never read."""
+    from slide.model.tokenizer import assistant_text, chat_prompt
+    from slide.rl.data import PromptSource
+    from slide.tasks import parse_task_specs
+    problems = PromptSource(parse_task_specs(spec), seed + 7_919, held_out_prompts(spec)).next(count)
     return [chat_prompt(tok, [{"role": "user", "content": p.prompt}]) + assistant_text(p.reasoning, p.solution or p.answer, end="")
             for p in problems]
 
@@ -124,7 +137,6 @@ def reasoning_docs(tok, count: int = 2000, seed: int = 0, spec: str = "arithmeti
 # it); version 1's four-digit keys needed a multi-token match. Keys never occur in the haystack, and a filler of few
 # words keeps long documents at few keys (26 at most) while the distances grow. The test-size model learns these only
 # once an induction head exists (builtin:copy first; benchmarks/RESULTS.md, 2026-12-03).
-NEEDLE_VERSION = 2  # in the corpus file's name: a changed generator never reuses an old file
 NEEDLE_KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # one token each with the built-in tokenizer
 NEEDLE_EVERY = 20  # document tokens per needle: a 512-token document holds 25 keys
 FILLER = ("the", "of", "and", "a", "in", "is", "it", "to", "was", "for", "on", "as", "with", "his", "they", "at",
@@ -192,6 +204,11 @@ def copy_docs(count: int = 6000, seed: int = 0) -> list[str]:
     return docs
 
 
+# A generator's version is in its corpus file's name, so a changed generator never reuses an old file. reasoning 2:
+# none of the held-out problems SFT and RL evaluate on (2026-12-03); needle 2: one-letter keys in a filler haystack.
+VERSIONS = {"needle": 2, "reasoning": 2}
+
+
 def build(spec: str, corpora_dir: str, tok, seed: int = 0) -> str:
     """The JSONL path of builtin corpus `spec` (without the prefix), built now if absent."""
     name, _, arg = spec.partition(":")
@@ -201,7 +218,7 @@ def build(spec: str, corpora_dir: str, tok, seed: int = 0) -> str:
     if name not in makers or (name == "needle") != bool(arg) or (arg and not arg.isdigit()):
         raise UserError(f"data source {BUILTIN}{spec}: unknown corpus (allowed: {BUILTIN}code, {BUILTIN}text, "
                         f"{BUILTIN}repo, {BUILTIN}reasoning, {BUILTIN}needle:MAX_TOKENS, {BUILTIN}copy)")
-    version = f"_v{NEEDLE_VERSION}" if name == "needle" else ""
+    version = f"_v{VERSIONS[name]}" if name in VERSIONS else ""
     path = Path(corpora_dir) / f"{name}{'_' + arg if arg else ''}{version}_s{seed}.jsonl"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,33 +1,36 @@
-"""Weight buckets over torch.distributed: one broadcast of a header and one of a flat byte buffer per bucket.
+"""Weight buckets over torch.distributed: a channel of its own from one sender to the rollout engines.
 
-    # trainer, rank src                                   # each rollout engine process
-    stats = broadcast_push(sync, policy, version, src=0)   stats = broadcast_receive(engine, src=0)
+    # the sender (trainer rank 0, or the one-process trainer)   # each engine process, at the same time
+    ch = Channel(address, port, rank=0, size=1 + engines)         ch = Channel(address, port, rank=i, size=...)
+    stats = ch.send(sync.buckets(policy, version))                stats = ch.receive(engine)
 
-Works with any backend that broadcasts uint8 tensors: gloo with host buffers, NCCL with buffers on this rank's
-current CUDA device (`torch.cuda.set_device` before init_process_group), picked from the group's backend.
-The receivers drain every bucket of the push even after an error, then all ranks agree on the outcome
-with one all_reduce, so a rejected push raises on every rank instead of hanging the sender.
-(Ray needs none of this: a Bucket is picklable, so `ray.put(bucket)` / `receiver.receive(ray.get(ref))`.)
+A Channel is a process group outside torch.distributed's default one (its own TCPStore; the sender hosts it), so a
+trainer rank keeps its FSDP group beside it, and the engine group builds a new channel when its members change
+(an engine replaced). Gloo carries host buffers; NCCL buffers on this process's current CUDA device (call
+`torch.cuda.set_device` first). Per bucket and engine, three point-to-point messages: the two sizes, the header
+(names, dtypes, shapes, offsets; pickled) and one flat byte buffer holding every tensor. Point to point, not one
+broadcast: an engine that dies mid-push fails only its own sends (gloo reports the closed connection at once), the
+sender goes on with the others, and `send` names the ranks it lost. A receiver rejecting a bucket (stale version,
+wrong shape) drains the rest of the push, keeps its weights and raises. A sender that dies leaves the receivers
+waiting until the channel's timeout.
+
+Everything here also travels through the Ray object store (a Bucket pickles), which slide/cluster/weights.py
+uses when `rollout.weight_transport=object_store`.
 """
 from __future__ import annotations
 
+import pickle
 import time
+from datetime import timedelta
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
 
-from slide.weights.buckets import Bucket, Engine, WeightReceiver, WeightSync, WeightSyncError
+from slide.weights.buckets import Bucket, Engine, WeightReceiver, WeightSyncError
 from slide.weights.fp8 import Fp8Weight
 
 _ALIGN = 16  # byte offset of every tensor in the flat buffer, so that views of any dtype are aligned
-
-
-def buffer_device(group=None) -> torch.device:
-    """Where this group's broadcast buffers live: the current GPU for NCCL (it moves device memory only), else
-    host memory."""
-    if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def pack(bucket: Bucket, device: torch.device = torch.device("cpu")) -> tuple[dict, torch.Tensor]:
@@ -63,58 +66,89 @@ def unpack(header: dict, flat: torch.Tensor) -> Bucket:
     return Bucket(header["version"], header["index"], header["total"], items)
 
 
-def _agree(failed: bool, group) -> bool:
-    """True if any rank failed (every rank calls this once per push)."""
-    flag = torch.tensor([int(failed)], dtype=torch.int32, device=buffer_device(group))
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-    return bool(flag.item())
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0][-200:]
 
 
-@torch.no_grad()
-def broadcast_push(sync: WeightSync, model: torch.nn.Module, version: int, src: int = 0, group=None) -> dict:
-    """Sender side: broadcast `model`'s weights as `version`; raises if any receiver rejected them."""
-    t0 = time.perf_counter()
-    moved = count = 0
-    device = buffer_device(group)
-    for bucket in sync.buckets(model, version):
-        header, flat = pack(bucket, device)
-        dist.broadcast_object_list([header], src=src, group=group)
-        dist.broadcast(flat, src=src, group=group)
-        moved += flat.numel()
-        count += 1
-    if _agree(False, group):
-        raise WeightSyncError(f"a receiver rejected version {version} (see its log); its engine kept its weights")
-    return {"sync/bytes": moved, "sync/buckets": count, "sync/seconds": time.perf_counter() - t0}
+class Channel:
+    """Rank 0 sends, ranks 1..size-1 receive. Every member constructs it at about the same time (each blocks until
+    all have joined, up to `timeout`); `timeout` also bounds how long a receiver waits for the next message."""
 
+    def __init__(self, address: str, port: int, rank: int, size: int, device: torch.device = torch.device("cpu"),
+                 timeout: timedelta = timedelta(minutes=5)):
+        self.rank, self.size, self.device = rank, size, torch.device(device)
+        store = dist.TCPStore(address, port, size, is_master=rank == 0, timeout=timeout)
+        if self.device.type == "cuda":
+            self.group = dist.ProcessGroupNCCL(store, rank, size)
+        else:
+            self.group = dist.ProcessGroupGloo(store, rank, size, timeout)
 
-@torch.no_grad()
-def broadcast_receive(engine: Engine, src: int = 0, group=None) -> dict:
-    """Receiver side: take one push from rank `src` and apply it to `engine` when complete."""
-    t0 = time.perf_counter()
-    receiver = WeightReceiver(engine)
-    error: Exception | None = None
-    moved = count = 0
-    total = None
-    while total is None or count < total:  # drain the whole push, whatever happens to its buckets
-        box = [None]
-        dist.broadcast_object_list(box, src=src, group=group)
-        header = box[0]
-        flat = torch.empty(header["nbytes"], dtype=torch.uint8, device=buffer_device(group))
-        dist.broadcast(flat, src=src, group=group)
-        total = header["total"] if total is None else total
-        moved += flat.numel()
-        count += 1
+    def _on_device(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device) if self.device.type == "cuda" else t
+
+    @torch.no_grad()
+    def send(self, buckets: Iterable[Bucket]) -> dict:
+        """Sender: every bucket to every receiver still reachable; stats, with `lost`: {rank: error} for the
+        receivers a send failed to (dead, or gone), which got nothing more of this push."""
+        t0 = time.perf_counter()
+        live, lost = list(range(1, self.size)), {}
+        moved = count = 0
+        for bucket in buckets:
+            header, flat = pack(bucket, self.device)
+            meta = torch.frombuffer(bytearray(pickle.dumps(header)), dtype=torch.uint8)
+            sizes = torch.tensor([meta.numel(), flat.numel()], dtype=torch.int64)
+            messages = [self._on_device(sizes), self._on_device(meta), flat]
+            works = {}
+            for r in live:  # posted to every receiver before waiting on any: they receive side by side
+                try:
+                    works[r] = [self.group.send([m], r, 0) for m in messages]
+                except RuntimeError as e:  # gloo: the connection is known closed
+                    lost[r] = _first_line(e)
+            for r, sent in works.items():
+                try:
+                    for w in sent:
+                        w.wait()
+                except RuntimeError as e:
+                    lost[r] = _first_line(e)
+            live = [r for r in live if r not in lost]
+            moved += flat.numel()
+            count += 1
+        return {"sync/bytes": moved, "sync/buckets": count, "sync/seconds": time.perf_counter() - t0, "lost": lost}
+
+    def _recv(self, numel: int, dtype=torch.uint8) -> torch.Tensor:
+        t = torch.empty(numel, dtype=dtype, device=self.device if dtype == torch.uint8 else "cpu")
+        t = self._on_device(t)
+        self.group.recv([t], 0, 0).wait()
+        return t
+
+    @torch.no_grad()
+    def receive(self, engine: Engine) -> dict:
+        """Receiver: one push, applied to `engine` when complete; raises WeightSyncError (after draining the
+        push) if it cannot be applied, with the engine's weights unchanged."""
+        t0 = time.perf_counter()
+        receiver, error = WeightReceiver(engine), None
+        moved = count = 0
+        total = None
+        while total is None or count < total:  # drain the whole push, whatever happens to its buckets
+            n_meta, n_flat = self._recv(2, torch.int64).cpu().tolist()
+            header = pickle.loads(self._recv(n_meta).cpu().numpy().tobytes())
+            flat = self._recv(n_flat)
+            total = header["total"] if total is None else total
+            moved += n_flat
+            count += 1
+            if error is None:
+                try:
+                    receiver.receive(unpack(header, flat))
+                except WeightSyncError as e:
+                    error = e
         if error is None:
             try:
-                receiver.receive(unpack(header, flat))
+                receiver.finish()
             except WeightSyncError as e:
                 error = e
-    if error is None:
-        try:
-            receiver.finish()
-        except WeightSyncError as e:
-            error = e
-    _agree(error is not None, group)  # tells the sender; another receiver's failure is not this one's
-    if error is not None:
-        raise error
-    return {"sync/bytes": moved, "sync/buckets": count, "sync/seconds": time.perf_counter() - t0}
+        if error is not None:
+            raise error
+        return {"sync/bytes": moved, "sync/buckets": count, "sync/seconds": time.perf_counter() - t0}
+
+    def close(self) -> None:
+        self.group.shutdown()

@@ -1,0 +1,70 @@
+"""rollout.weight_transport=torch: an engine group's weights over a torch.distributed channel (slide/weights/transport.py).
+
+    connect(sender, actors)                       # a channel of its own: the sender is rank 0, actors 1..N
+    stats, lost = send(sender, actors, sync, version)   # every actor applies `version`; `lost`: those that died
+
+The sender is a TrainerGroup (its rank 0 sends while every rank gathers the buckets from its shards) or, for a
+one-process trainer, a LocalSender in the driver's process. Nothing of the model goes through the driver or the
+object store. An actor that dies mid-push costs only its own sends: the others get the whole version, and the
+engine group replaces the lost ones and sends them the same version on a channel of their own (slide/cluster/
+engines.py). Every member joins before any sends: each call here blocks until all have.
+"""
+from __future__ import annotations
+
+import ray
+import torch
+
+from slide.cluster.trainer_group import free_port
+from slide.weights.buckets import WeightSync
+from slide.weights.transport import Channel
+
+DEAD = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
+
+
+class LocalSender:
+    """A one-process trainer's policy (in the driver's process) as a channel's sender."""
+
+    def __init__(self, policy: torch.nn.Module):
+        self.policy, self.channel = policy, None
+        self.device = next(policy.parameters()).device
+
+    def endpoint(self) -> tuple[str, int]:
+        return ray.util.get_node_ip_address(), free_port()
+
+    def open_channel(self, address: str, port: int, size: int) -> None:
+        self.close()
+        self.channel = Channel(address, port, 0, size, self.device)
+
+    def send(self, sync: WeightSync, version: int) -> dict:
+        return self.channel.send(sync.buckets(self.policy, version))
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+
+def connect(sender, actors: list) -> None:
+    """A new channel: `sender` rank 0, `actors` ranks 1.. in order (they join first; the sender's join waits for
+    them)."""
+    address, port = sender.endpoint()
+    joins = [a.join.remote(address, port, i + 1, len(actors) + 1) for i, a in enumerate(actors)]
+    sender.open_channel(address, port, len(actors) + 1)
+    ray.get(joins)
+
+
+def send(sender, actors: list, sync: WeightSync, version: int) -> tuple[dict, list[int]]:
+    """One version to every actor of the current channel; (the sender's stats, indices of the actors lost: dead, or
+    cut off mid-push and killed here so that none waits out the channel's timeout). An actor that rejects the
+    version (WeightSyncError) raises here."""
+    calls = [a.receive.remote() for a in actors]
+    stats = sender.send(sync, version)
+    lost = sorted(rank - 1 for rank in stats.pop("lost"))
+    for i in lost:
+        ray.kill(actors[i])
+    for i, call in enumerate(calls):
+        try:
+            ray.get(call)
+        except DEAD:
+            lost = sorted({*lost, i})
+    return stats, lost
