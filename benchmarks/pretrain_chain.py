@@ -3,6 +3,7 @@
     python benchmarks/pretrain_chain.py --init runs/pretrain_tiny/final                  # both arms, one after another
     python benchmarks/pretrain_chain.py --init runs/pretrain_tiny/final --arms random    # one arm (e.g. one per core)
     python benchmarks/pretrain_chain.py --out runs/chain_vs_random --table-only          # the table of finished arms
+    python benchmarks/pretrain_chain.py --init ... --sft-set lr=5e-4                     # another SFT setting, both arms
 
 Each arm is `slide demo`'s path (slide/demo.py) on the same test-size glm4_moe with the same budget: cold-start SFT
 for exactly --sft-steps (demo_sft.yaml without its stop rule, so neither arm stops earlier) then GRPO for --rl-steps
@@ -19,9 +20,10 @@ from pathlib import Path
 from slide.demo import _read, run_demo
 
 
-def run_arm(out: Path, arm: str, init: str | None, sft_steps: int, rl_steps: int, device: str, threads: int) -> None:
+def run_arm(out: Path, arm: str, init: str | None, sft_steps: int, rl_steps: int, device: str, threads: int,
+            sft_overrides: list[str]) -> None:
     sft = ["model.size=test", f"steps={sft_steps}", "stop_at_pass_rate=null", f"eval_every={max(5, sft_steps // 10)}",
-           f"threads={threads}"]
+           f"threads={threads}", *sft_overrides]
     rl = [f"steps={rl_steps}", f"eval_every={max(5, rl_steps // 6)}", f"save_every={rl_steps}", f"threads={threads}"]
     run_demo(str(out / arm), device=device, init=init if arm == "pretrained" else None, sft_overrides=sft,
              rl_overrides=rl)
@@ -76,13 +78,14 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per arm (0 = torch's default)")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--sft-set", nargs="*", default=[], help="more SFT overrides for both arms, e.g. lr=5e-4")
     a = ap.parse_args()
     out = Path(a.out)
     if not a.table_only:
         if "pretrained" in a.arms and not a.init:
             ap.error("--init is required for the pretrained arm")
         for arm in a.arms:
-            run_arm(out, arm, a.init, a.sft_steps, a.rl_steps, a.device, a.threads)
+            run_arm(out, arm, a.init, a.sft_steps, a.rl_steps, a.device, a.threads, a.sft_set)
     table(out)
 
 

@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--bucket-mb", type=float, default=64.0)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    ray.init(num_cpus=a.engines + 1, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2 * (a.engines + 1), include_dashboard=False, log_to_driver=False)  # a placement group each
     groups, version = {}, 0
     for transport in ("torch", "ray"):
         cfg = load_config(RLConfig, None, [f"model.size={a.size}", f"rollout.engines={a.engines}",
