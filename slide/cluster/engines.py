@@ -25,6 +25,7 @@ from slide.config import RLConfig
 from slide.device import generator as make_generator, precision_for, resolve_device
 from slide.engine import close_engine, make_engine, set_threads
 from slide.engine.inprocess import Completion, SamplingParams
+from slide.errors import RunStopped
 from slide.model.load import load_policy
 from slide.model.tokenizer import tokenizer_for
 from slide.weights.buckets import WeightSync, apply_buckets
@@ -130,7 +131,8 @@ class EngineGroup:
             members = [members[i] for i in lost]
             for i in members:
                 self._restart(i)
-        raise RuntimeError(f"engine actors {members} died at every one of 3 weight pushes of version {version}")
+        raise RunStopped(f"engine actors {members} died at each of 3 pushes of weight version {version}; the run stops: "
+                         "resume it from its last checkpoint with `slide rl --resume RUN_DIR`")
 
     def load_from(self, source, sync: WeightSync, version: int) -> tuple[int, int]:
         """`source`'s weights (a TrainerGroup, or a one-process policy) into every engine as `version` over a
