@@ -285,7 +285,7 @@ def _channel_member(rank: int, port: int, died):
 
 
 def test_channel_sends_every_engine_the_version_and_survives_a_dead_engine():
-    from slide.cluster.trainer_group import free_port
+    from slide.cluster.placement import free_port
     died = mp.get_context("fork").Event()
     # fork, not spawn: the children inherit the imported modules instead of importing torch and transformers
     # again (~5 s each); each sets 1 intra-op thread first, which is what makes forking after torch safe

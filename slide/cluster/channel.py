@@ -14,7 +14,7 @@ from __future__ import annotations
 import ray
 import torch
 
-from slide.cluster.trainer_group import free_port
+from slide.cluster import placement
 from slide.weights.buckets import WeightSync
 from slide.weights.transport import Channel
 
@@ -29,7 +29,7 @@ class LocalSender:
         self.device = next(policy.parameters()).device
 
     def endpoint(self) -> tuple[str, int]:
-        return ray.util.get_node_ip_address(), free_port()
+        return placement.endpoint()
 
     def open_channel(self, address: str, port: int, size: int) -> None:
         self.close()

@@ -4,6 +4,7 @@
     place = Placement.for_run(cfg)      # bundles: trainer ranks first, then engines (none when colocated)
     actor_cls.options(**place.trainer(i)).remote(...)
     actor_cls.options(**place.engine(j)).remote(...)
+    address, port = endpoint()          # where this process can host a torch.distributed rendezvous
 
 Colocated (cluster.colocate): engine j lives in trainer rank j's bundle (its GPU), and they take turns as the
 sync driver alternates rollout and training. Disaggregated: engines get bundles of their own. A bundle asks for
@@ -13,6 +14,7 @@ still compute on the CPU: `device` decides that, not Ray).
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 import ray
@@ -21,6 +23,18 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from slide.config import RLConfig
 from slide.errors import UserError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def endpoint() -> tuple[str, int]:
+    """This process's node address and a free port there: where it can host a torch.distributed rendezvous (a
+    trainer group's, rank 0 of it; a weight channel's, its sender)."""
+    return ray.util.get_node_ip_address(), free_port()
 
 
 def cpus_needed(cfg: RLConfig) -> int:

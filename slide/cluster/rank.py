@@ -14,7 +14,7 @@ import ray
 import torch
 import torch.distributed as dist
 
-from slide.cluster import fsdp
+from slide.cluster import fsdp, placement
 from slide.cluster.loading import build_sharded
 from slide.config import RLConfig
 from slide.device import resolve_device
@@ -96,8 +96,7 @@ class TrainerRank:
 
     def endpoint(self) -> tuple[str, int]:
         """Where rank 0 hosts a new weight channel (its node's address, a free port)."""
-        from slide.cluster.trainer_group import free_port
-        return ray.util.get_node_ip_address(), free_port()
+        return placement.endpoint()
 
     def open_channel(self, address: str, port: int, size: int) -> None:
         """Rank 0: a new weight channel to the engines (slide/cluster/channel.py), closing the one before."""

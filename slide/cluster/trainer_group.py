@@ -13,11 +13,9 @@ last checkpoint to resume from (the survivors' collectives cannot go on without 
 """
 from __future__ import annotations
 
-import socket
-
 import ray
 
-from slide.cluster.placement import Placement, start_ray
+from slide.cluster.placement import Placement, endpoint, start_ray
 from slide.cluster.rank import TrainerRank
 from slide.config import RLConfig
 from slide.errors import RunStopped
@@ -27,12 +25,6 @@ from slide.weights.buckets import WeightSync
 
 class TrainerRankDied(RunStopped):
     """A trainer rank's process is gone; the run ends and resumes from its last checkpoint."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def share(samples: list[Sample], rank: int, size: int) -> list[Sample]:
@@ -53,7 +45,7 @@ class TrainerGroup:
         start_ray(cfg)
         self.placement = placement or Placement.for_run(cfg)
         self.size = cfg.train.world_size
-        address, port = ray.util.get_node_ip_address(), free_port()
+        address, port = endpoint()
         remote = ray.remote(TrainerRank)
         self.ranks = [remote.options(max_restarts=0, **self.placement.trainer(r)).remote(
             cfg.model_dump(mode="json"), r, self.size, address, port, str(ckpt) if ckpt else None)
@@ -120,6 +112,7 @@ class TrainerGroup:
         return self._each("publish", version, sync.precision, sync.bucket_mb)[0]
 
     def endpoint(self) -> tuple[str, int]:
+        """Where rank 0 hosts a weight channel."""
         return self._all([self.ranks[0].endpoint.remote()])[0]
 
     def open_channel(self, address: str, port: int, size: int) -> None:

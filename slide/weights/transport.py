@@ -83,9 +83,6 @@ class Channel:
         else:
             self.group = dist.ProcessGroupGloo(store, rank, size, timeout)
 
-    def _on_device(self, t: torch.Tensor) -> torch.Tensor:
-        return t.to(self.device) if self.device.type == "cuda" else t
-
     @torch.no_grad()
     def send(self, buckets: Iterable[Bucket]) -> dict:
         """Sender: every bucket to every receiver still reachable; stats, with `lost`: {rank: error} for the
@@ -95,9 +92,9 @@ class Channel:
         moved = count = 0
         for bucket in buckets:
             header, flat = pack(bucket, self.device)
-            meta = torch.frombuffer(bytearray(pickle.dumps(header)), dtype=torch.uint8)
-            sizes = torch.tensor([meta.numel(), flat.numel()], dtype=torch.int64)
-            messages = [self._on_device(sizes), self._on_device(meta), flat]
+            meta = torch.frombuffer(bytearray(pickle.dumps(header)), dtype=torch.uint8).to(self.device)
+            sizes = torch.tensor([meta.numel(), flat.numel()], dtype=torch.int64, device=self.device)
+            messages = [sizes, meta, flat]
             works = {}
             for r in live:  # posted to every receiver before waiting on any: they receive side by side
                 try:
@@ -116,8 +113,7 @@ class Channel:
         return {"sync/bytes": moved, "sync/buckets": count, "sync/seconds": time.perf_counter() - t0, "lost": lost}
 
     def _recv(self, numel: int, dtype=torch.uint8) -> torch.Tensor:
-        t = torch.empty(numel, dtype=dtype, device=self.device if dtype == torch.uint8 else "cpu")
-        t = self._on_device(t)
+        t = torch.empty(numel, dtype=dtype, device=self.device)
         self.group.recv([t], 0, 0).wait()
         return t
 
