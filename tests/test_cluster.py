@@ -225,6 +225,41 @@ def test_every_engine_holds_exactly_what_was_sent_and_a_dead_one_is_replaced(ray
         placement.remove()
 
 
+def test_an_engine_dead_while_the_channel_is_made_is_replaced_and_the_push_completes(ray_session, monkeypatch):
+    """An engine actor dies after the group found it alive but before it joins the weight channel (ray.kill is
+    asynchronous: this is how a kill just before a push lands). The sender's join and the other engine's fail after
+    the join timeout instead of waiting forever, the dead actor is replaced, a new channel is made and every engine
+    holds the version."""
+    from slide.cluster import channel
+    from slide.cluster.engines import DEAD, EngineGroup
+    from slide.cluster.weights import push
+    real, made = channel.connect, []
+
+    def connect_after_a_death(sender, actors):
+        if not made:
+            ray.kill(actors[1])
+            while True:  # dead for sure: its join can never come
+                try:
+                    ray.get(actors[1].pid.remote())
+                except DEAD:
+                    break
+        made.append(real(sender, actors, join_s=3))
+        return made[-1]
+
+    monkeypatch.setattr(channel, "connect", connect_after_a_death)
+    cfg = config("rollout.engines=2", "rollout.precision=bf16", "rollout.weight_transport=torch")
+    placement = Placement.for_run(cfg)
+    engines = EngineGroup(cfg, placement)
+    try:
+        policy, _ = policy_and_trainer(cfg, tokenizer_for(None, "auto"), torch.device("cpu"))
+        push(WeightSync("bf16", 0.05), policy, engines, version=1)
+        assert made == [[1], []] and engines.pop_counts() == {"engines_replaced": 1}
+        held_exactly(engines, policy, 1, "bf16")
+    finally:
+        engines.close()
+        placement.remove()
+
+
 def test_placement_puts_roles_on_their_declared_gpus(ray_session):
     """Disaggregated: 2 trainer and 2 engine bundles, one GPU each, four different GPUs. Colocated: engine j in
     trainer rank j's bundle, on its GPU. (Ray's 4 GPUs here are declared, not real: placement only.)"""

@@ -1,22 +1,25 @@
 """rollout.weight_transport=torch: an engine group's weights over a torch.distributed channel (slide/weights/transport.py).
 
-    connect(sender, actors)                       # a channel of its own: the sender is rank 0, actors 1..N
+    failed = connect(sender, actors)              # a channel of its own: the sender is rank 0, actors 1..N
     stats, lost = send(sender, actors, sync, version)   # every actor applies `version`; `lost`: those that died
 
 The sender is a TrainerGroup (its rank 0 sends while every rank gathers the buckets from its shards) or, for a
 one-process trainer, a LocalSender in the driver's process. Nothing of the model goes through the driver or the
 object store. An actor that dies mid-push costs only its own sends: the others get the whole version, and the
 engine group replaces the lost ones and sends them the same version on a channel of their own (slide/cluster/
-engines.py). Every member joins before any sends: each call here blocks until all have.
+engines.py). Every member joins before any sends: each call here blocks until all have; an actor that dies while
+joining fails the whole channel (after the join timeout), and `connect` names the actors to replace.
 """
 from __future__ import annotations
+
+from datetime import timedelta
 
 import ray
 import torch
 
 from slide.cluster import placement
 from slide.weights.buckets import WeightSync
-from slide.weights.transport import Channel
+from slide.weights.transport import Channel, ChannelJoinError
 
 DEAD = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
 
@@ -31,9 +34,9 @@ class LocalSender:
     def endpoint(self) -> tuple[str, int]:
         return placement.endpoint()
 
-    def open_channel(self, address: str, port: int, size: int) -> None:
+    def open_channel(self, address: str, port: int, size: int, join_s: float) -> None:
         self.close()
-        self.channel = Channel(address, port, 0, size, self.device)
+        self.channel = Channel(address, port, 0, size, self.device, join_timeout=timedelta(seconds=join_s))
 
     def send(self, sync: WeightSync, version: int) -> dict:
         return self.channel.send(sync.buckets(self.policy, version))
@@ -44,13 +47,29 @@ class LocalSender:
             self.channel = None
 
 
-def connect(sender, actors: list) -> None:
+def connect(sender, actors: list, join_s: float = 60.0) -> list[int]:
     """A new channel: `sender` rank 0, `actors` ranks 1.. in order (they join first; the sender's join waits for
-    them)."""
+    them, up to `join_s` seconds). Returns [] when it is made; else the indices of the actors to replace: those
+    that died on the way (every actor, if none did: they did not join in time)."""
     address, port = sender.endpoint()
-    joins = [a.join.remote(address, port, i + 1, len(actors) + 1) for i, a in enumerate(actors)]
-    sender.open_channel(address, port, len(actors) + 1)
-    ray.get(joins)
+    joins = [a.join.remote(address, port, i + 1, len(actors) + 1, join_s) for i, a in enumerate(actors)]
+    try:
+        sender.open_channel(address, port, len(actors) + 1, join_s)
+    except ChannelJoinError:
+        made = False
+    else:
+        made = True
+    dead = []
+    for i, call in enumerate(joins):
+        try:
+            ray.get(call)
+        except DEAD:
+            dead.append(i)
+        except ChannelJoinError:
+            pass
+    if made:
+        return []  # an actor dead since is lost at the first send
+    return dead or list(range(len(actors)))
 
 
 def send(sender, actors: list, sync: WeightSync, version: int) -> tuple[dict, list[int]]:

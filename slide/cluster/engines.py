@@ -15,6 +15,7 @@ are still that version whenever the engines run) and its share is generated agai
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import ray
 import torch
@@ -60,11 +61,12 @@ class EngineActor:
         """Apply one version's buckets, fetched from the object store one by one; returns (bytes, buckets)."""
         return apply_buckets(self.engine, (ray.get(r).to(self.device) for r in refs))
 
-    def join(self, address: str, port: int, rank: int, size: int) -> None:
+    def join(self, address: str, port: int, rank: int, size: int, join_s: float) -> None:
         """Join a new weight channel (slide/cluster/channel.py) as `rank`, leaving the one before."""
         if self.channel is not None:
             self.channel.close()
-        self.channel = Channel(address, port, rank, size, self.device)
+            self.channel = None
+        self.channel = Channel(address, port, rank, size, self.device, join_timeout=timedelta(seconds=join_s))
 
     def receive(self) -> dict:
         """One version over the channel, applied when complete (or refused: WeightSyncError, weights kept)."""
@@ -113,17 +115,28 @@ class EngineGroup:
         elif self.refs is not None:
             ray.get(self.actors[index].load.remote(self.refs))
 
+    def _ready(self, members: list[int]) -> None:
+        """Every member alive and built (a dead one would never join a channel: the others would wait for it)."""
+        for i in members:
+            try:
+                ray.get(self.actors[i].pid.remote())
+            except DEAD:
+                self._restart(i)
+                ray.get(self.actors[i].pid.remote())
+
     def _send(self, members: list[int], version: int) -> tuple[int, int]:
         """`version` from the sender to the actors `members` over a channel of exactly them (a new one when they
-        changed); an actor lost on the way is replaced and sent the same version, up to 3 rounds."""
+        changed); an actor lost on the way (joining, or receiving) is replaced and the version sent again, up to
+        3 rounds."""
         for _ in range(3):
             if self.joined != members:
-                for i in members:  # a dead member would never join: the others would wait out the timeout
-                    try:
-                        ray.get(self.actors[i].pid.remote())
-                    except DEAD:
-                        self._restart(i)
-                channel.connect(self.sender, [self.actors[i] for i in members])
+                self._ready(members)
+                failed = channel.connect(self.sender, [self.actors[i] for i in members])
+                if failed:  # no channel: every member joins the next one
+                    self.joined = None
+                    for i in failed:
+                        self._restart(members[i])
+                    continue
                 self.joined = members
             stats, lost = channel.send(self.sender, [self.actors[i] for i in members], self.sync, version)
             if not lost:

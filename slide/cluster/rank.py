@@ -98,11 +98,11 @@ class TrainerRank:
         """Where rank 0 hosts a new weight channel (its node's address, a free port)."""
         return placement.endpoint()
 
-    def open_channel(self, address: str, port: int, size: int) -> None:
+    def open_channel(self, address: str, port: int, size: int, join_s: float) -> None:
         """Rank 0: a new weight channel to the engines (slide/cluster/channel.py), closing the one before."""
         if self.channel is not None:
             self.channel.close()
-        self.channel = Channel(address, port, 0, size, self.device)
+        self.channel = Channel(address, port, 0, size, self.device, join_timeout=timedelta(seconds=join_s))
 
     def send(self, version: int, precision: str, bucket_mb: float) -> dict | None:
         """Every rank gathers the buckets from the shards (as `publish`); rank 0 sends each over its channel as soon

@@ -115,9 +115,9 @@ class TrainerGroup:
         """Where rank 0 hosts a weight channel."""
         return self._all([self.ranks[0].endpoint.remote()])[0]
 
-    def open_channel(self, address: str, port: int, size: int) -> None:
+    def open_channel(self, address: str, port: int, size: int, join_s: float) -> None:
         """Rank 0 opens a weight channel to `size - 1` engines (slide/cluster/channel.py)."""
-        self._all([self.ranks[0].open_channel.remote(address, port, size)])
+        self._all([self.ranks[0].open_channel.remote(address, port, size, join_s)])
 
     def send(self, sync: WeightSync, version: int) -> dict:
         """One version over rank 0's channel, gathered from the shards; the channel's stats."""

@@ -11,11 +11,12 @@ trainer rank keeps its FSDP group beside it, and the engine group builds a new c
 (names, dtypes, shapes, offsets; pickled) and one flat byte buffer holding every tensor. Point to point, not one
 broadcast: an engine that dies mid-push fails only its own sends (gloo reports the closed connection at once), the
 sender goes on with the others, and `send` names the ranks it lost. A receiver rejecting a bucket (stale version,
-wrong shape) drains the rest of the push, keeps its weights and raises. A sender that dies leaves the receivers
-waiting until the channel's timeout.
+wrong shape) drains the rest of the push, keeps its weights and raises. A member that dies while the channel is
+being made leaves the others' joins to fail after `join_timeout` (ChannelJoinError, on every member); a sender that
+dies mid-push leaves the receivers waiting until the channel's `timeout`.
 
 Everything here also travels through the Ray object store (a Bucket pickles), which slide/cluster/weights.py
-uses when `rollout.weight_transport=object_store`.
+uses when `rollout.weight_transport=ray`.
 """
 from __future__ import annotations
 
@@ -70,18 +71,27 @@ def _first_line(e: Exception) -> str:
     return str(e).splitlines()[0][-200:]
 
 
+class ChannelJoinError(RuntimeError):
+    """A channel was not made: a member did not join within the join timeout (it died, or never started)."""
+
+
 class Channel:
-    """Rank 0 sends, ranks 1..size-1 receive. Every member constructs it at about the same time (each blocks until
-    all have joined, up to `timeout`); `timeout` also bounds how long a receiver waits for the next message."""
+    """Rank 0 sends, ranks 1..size-1 receive. Every member constructs it at about the same time: each blocks until
+    all have joined, up to `join_timeout` (then ChannelJoinError); `timeout` bounds how long a receiver waits for
+    the next message."""
 
     def __init__(self, address: str, port: int, rank: int, size: int, device: torch.device = torch.device("cpu"),
-                 timeout: timedelta = timedelta(minutes=5)):
+                 timeout: timedelta = timedelta(minutes=5), join_timeout: timedelta = timedelta(seconds=60)):
         self.rank, self.size, self.device = rank, size, torch.device(device)
-        store = dist.TCPStore(address, port, size, is_master=rank == 0, timeout=timeout)
-        if self.device.type == "cuda":
-            self.group = dist.ProcessGroupNCCL(store, rank, size)
-        else:
-            self.group = dist.ProcessGroupGloo(store, rank, size, timeout)
+        try:
+            store = dist.TCPStore(address, port, size, is_master=rank == 0, timeout=join_timeout)
+            if self.device.type == "cuda":
+                self.group = dist.ProcessGroupNCCL(store, rank, size)
+            else:
+                self.group = dist.ProcessGroupGloo(store, rank, size, timeout)
+        except dist.DistError as e:
+            raise ChannelJoinError(f"weight channel {address}:{port} rank {rank} of {size}: {_first_line(e)}"
+                                   ) from None
 
     @torch.no_grad()
     def send(self, buckets: Iterable[Bucket]) -> dict:
