@@ -68,11 +68,13 @@ def test_the_corpus_file_name_carries_the_generator_version(tmp_path):
     assert path.endswith("needle_128_v2_s0.jsonl")
 
 
-def test_copy_documents_repeat_their_24_letters_after_a_gap():
+def test_copy_documents_repeat_their_24_letters_and_digits_after_a_gap():
     from slide.pretrain.corpora import copy_docs
-    for d in copy_docs(count=30, seed=2):
+    docs = copy_docs(count=30, seed=2)
+    for d in docs:
         a, gap, again = d.split("|")
-        assert a == again and len(a) == 24 and a.isalpha() and 0 <= len(gap) <= 40
+        assert a == again and len(a) == 24 and a.isalnum() and a.isascii() and 0 <= len(gap) <= 40
+    assert any(c.isdigit() for d in docs for c in d)  # the digits needle answers are made of
 
 
 def test_shipped_pretrain_configs_load_and_the_retrieval_recipe_ends_at_4x_its_first_context():

@@ -9,7 +9,7 @@
                           lowercase filler words with a needle line `KVV` (one capital letter, two digits) every
                           ~20 tokens (1 to that many in training documents), then questions `?K` about every
                           key, answered in place but the last (the eval: ~20 tokens a needle, one question)
-    builtin:copy          content-copy documents: 24 random letters, `|`, 0-40 random letters, `|`, the 24 again
+    builtin:copy          content-copy documents: 24 random letters and digits, `|`, 0-40 more, `|`, the 24 again
                           (only an induction head predicts the copy: what needle retrieval needs first)
 
 A source path `builtin:NAME` is built once into `corpora_dir/NAME.jsonl` and reused; the same seed gives the same
@@ -191,22 +191,25 @@ def needle_docs(max_len: int, count: int = 3000, seed: int = 0) -> list[str]:
 
 
 def copy_docs(count: int = 6000, seed: int = 0) -> list[str]:
-    """Documents whose second copy of a random string only an induction head (match the current letter earlier,
+    """Documents whose second copy of a random string only an induction head (match the current token earlier,
     copy its successor) predicts: the gap varies, so no fixed-offset head can. The test-size model forms that head in
-    ~500 steps here and not in 2,400 steps of needle documents alone, whose copy targets are sparse."""
+    ~500 steps here and not in 2,400 steps of needle documents alone, whose copy targets are sparse. Letters and
+    digits: the head then copies the tokens needle answers are made of (version 1, letters only, left a needle stage
+    after it to learn copying digits, and at seed 2 it never did; benchmarks/RESULTS.md, 2026-12-03)."""
     rng = random.Random(seed)
-    letters = string.ascii_letters
+    symbols = string.ascii_letters + string.digits
     docs = []
     for _ in range(count):
-        a = "".join(rng.choice(letters) for _ in range(24))
-        gap = "".join(rng.choice(letters) for _ in range(rng.randint(0, 40)))
+        a = "".join(rng.choice(symbols) for _ in range(24))
+        gap = "".join(rng.choice(symbols) for _ in range(rng.randint(0, 40)))
         docs.append(f"{a}|{gap}|{a}")
     return docs
 
 
 # A generator's version is in its corpus file's name, so a changed generator never reuses an old file. reasoning 2:
-# none of the held-out problems SFT and RL evaluate on (2026-12-03); needle 2: one-letter keys in a filler haystack.
-VERSIONS = {"needle": 2, "reasoning": 2}
+# none of the held-out problems SFT and RL evaluate on (2026-12-03); needle 2: one-letter keys in a filler haystack;
+# copy 2: digits among the letters.
+VERSIONS = {"needle": 2, "reasoning": 2, "copy": 2}
 
 
 def build(spec: str, corpora_dir: str, tok, seed: int = 0) -> str:
