@@ -102,6 +102,7 @@ class TrainerRank:
         """Rank 0: a new weight channel to the engines (slide/cluster/channel.py), closing the one before."""
         if self.channel is not None:
             self.channel.close()
+            self.channel = None
         self.channel = Channel(address, port, 0, size, self.device, join_timeout=timedelta(seconds=join_s))
 
     def send(self, version: int, precision: str, bucket_mb: float) -> dict | None:
