@@ -24,27 +24,34 @@ from slide.weights.transport import Channel, ChannelJoinError
 DEAD = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
 
 
-class LocalSender:
-    """A one-process trainer's policy (in the driver's process) as a channel's sender."""
-
-    def __init__(self, policy: torch.nn.Module):
-        self.policy, self.channel = policy, None
-        self.device = next(policy.parameters()).device
+class SenderEnd:
+    """A weight channel's sending end (rank 0): what a TrainerRank and a LocalSender share. Needs `self.device`."""
+    channel: Channel | None = None
 
     def endpoint(self) -> tuple[str, int]:
+        """Where this process hosts a new weight channel (its node's address, a free port)."""
         return placement.endpoint()
 
     def open_channel(self, address: str, port: int, size: int, join_s: float) -> None:
-        self.close()
+        """A new weight channel to `size - 1` engines, closing the one before (a failed join leaves none)."""
+        self.close_channel()
         self.channel = Channel(address, port, 0, size, self.device, join_timeout=timedelta(seconds=join_s))
 
-    def send(self, sync: WeightSync, version: int) -> dict:
-        return self.channel.send(sync.buckets(self.policy, version))
-
-    def close(self) -> None:
+    def close_channel(self) -> None:
         if self.channel is not None:
             self.channel.close()
             self.channel = None
+
+
+class LocalSender(SenderEnd):
+    """A one-process trainer's policy (in the driver's process) as a channel's sender."""
+
+    def __init__(self, policy: torch.nn.Module):
+        self.policy = policy
+        self.device = next(policy.parameters()).device
+
+    def send(self, sync: WeightSync, version: int) -> dict:
+        return self.channel.send(sync.buckets(self.policy, version))
 
 
 def connect(sender, actors: list, join_s: float = 60.0) -> list[int]:
@@ -53,12 +60,11 @@ def connect(sender, actors: list, join_s: float = 60.0) -> list[int]:
     that died on the way (every actor, if none did: they did not join in time)."""
     address, port = sender.endpoint()
     joins = [a.join.remote(address, port, i + 1, len(actors) + 1, join_s) for i, a in enumerate(actors)]
+    made = True
     try:
         sender.open_channel(address, port, len(actors) + 1, join_s)
     except ChannelJoinError:
         made = False
-    else:
-        made = True
     dead = []
     for i, call in enumerate(joins):
         try:

@@ -198,4 +198,4 @@ class EngineGroup:
         for a in self.actors:
             ray.kill(a)
         if isinstance(self.sender, channel.LocalSender):
-            self.sender.close()
+            self.sender.close_channel()

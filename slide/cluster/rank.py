@@ -14,7 +14,8 @@ import ray
 import torch
 import torch.distributed as dist
 
-from slide.cluster import fsdp, placement
+from slide.cluster import fsdp
+from slide.cluster.channel import SenderEnd
 from slide.cluster.loading import build_sharded
 from slide.config import RLConfig
 from slide.device import resolve_device
@@ -27,7 +28,7 @@ from slide.weights.transport import Channel
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # a peer that died: the survivors' collectives fail after this
 
 
-class TrainerRank:
+class TrainerRank(SenderEnd):
     def __init__(self, cfg: dict, rank: int, world: int, address: str, port: int, ckpt: str | None = None):
         from slide.rl.parts import policy_and_trainer
         cfg = RLConfig.model_validate(cfg)
@@ -94,17 +95,6 @@ class TrainerRank:
                 moved += bucket.nbytes
         return (refs, moved) if self.rank == 0 else None
 
-    def endpoint(self) -> tuple[str, int]:
-        """Where rank 0 hosts a new weight channel (its node's address, a free port)."""
-        return placement.endpoint()
-
-    def open_channel(self, address: str, port: int, size: int, join_s: float) -> None:
-        """Rank 0: a new weight channel to the engines (slide/cluster/channel.py), closing the one before."""
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
-        self.channel = Channel(address, port, 0, size, self.device, join_timeout=timedelta(seconds=join_s))
-
     def send(self, version: int, precision: str, bucket_mb: float) -> dict | None:
         """Every rank gathers the buckets from the shards (as `publish`); rank 0 sends each over its channel as soon
         as it is whole and returns the channel's stats (the others None). A lost engine never stops the gathering:
@@ -133,8 +123,7 @@ class TrainerRank:
         return state
 
     def close(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
+        self.close_channel()
         if dist.is_initialized():
             dist.destroy_process_group()
 
