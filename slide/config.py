@@ -168,7 +168,10 @@ class AlgoSpec(Section):
                                                     "routing_replay_fallback")
     gap_threshold: float = Field(0.1, gt=0, description="log the share of tokens whose engine-vs-trainer logprob "
                                                         "gap exceeds this many nats (logprob_gap_frac_over)")
-    dynamic_sampling: bool = Field(True, description="drop groups whose rewards all agree; over-sample to refill")
+    dynamic_sampling: bool | Literal["auto"] = Field(
+        True, description="drop groups whose rewards all agree; over-sample to refill. auto (sync mode): on when the "
+                          "readiness check before step 1 finds the signal thin (under readiness.thin_share of groups), "
+                          "else off; the choice is written to the run's config.yaml (async mode: auto is on)")
     max_sample_rounds: int = Field(4, ge=1, description="over-sampling rounds per step before training on fewer")
 
 

@@ -66,7 +66,8 @@ def test_verdict_names_the_likely_remedy():
     status, advice = verdict(0.0, m(1.0, 0.0, 0.0, 0.0), m(1.0, 0.0, 0.0, 0.0), levels=False, thin_share=0.25)
     assert status == "none" and advice.split("try ")[1].startswith("more SFT")
     status, advice = verdict(0.4, m(1.0, 0.05, 0.1), m(0.6, 0.3, 0.4), levels=False, thin_share=0.25)
-    assert status == "thin" and "temperature 0.6" in advice
+    assert status == "thin" and "temperature 0.6" in advice and "dynamic sampling" in advice
+    assert "dynamic sampling" not in verdict(0.0, m(1.0, 0.0, 0.0, 0.0), m(1.0, 0.0, 0.0, 0.0), False, 0.25)[1]
     _, advice = verdict(0.4, m(1.0, 0.05, 0.1), m(1.0, 0.05, 0.1), levels=True, thin_share=0.25)
     assert "a lower temperature" in advice and "easier levels first" in advice
     _, advice = verdict(1.0, m(1.0, 0.97, 0.1), m(1.0, 0.97, 0.1), levels=True, thin_share=0.25)
@@ -166,7 +167,8 @@ def test_rl_run_checks_readiness_then_acts_on_it(tmp_path):
                                        "data.eval_prompts=4", "rollout.prompts_per_step=2", "rollout.n=2",
                                        "rollout.max_new_tokens=6", "temperature.calibrate=true",
                                        "temperature.calibrate_grid=[0.5,1.0]", "temperature.recheck_every=2",
-                                       "curriculum.auto=true", "readiness.thin_share=1.0"])
+                                       "curriculum.auto=true", "readiness.thin_share=1.0",
+                                       "algo.dynamic_sampling=auto"])
     run = RunDir.create(cfg.out_dir, cfg.name, "{}", tensorboard=False)
     sync.run(cfg, run)
     report = json.loads((run.path / "readiness.json").read_text())
@@ -176,6 +178,26 @@ def test_rl_run_checks_readiness_then_acts_on_it(tmp_path):
     assert rows[0]["ready/signal_share"] == report["signal_share"] and rows[0]["temperature/calibrated"] == 1.0
     assert "curriculum/pool_est_mean" in rows[0] and "temperature/signal@0.5" in rows[1]  # rlcs on; step 2 re-checked
     assert "mode: rlcs" in (run.path / "config.yaml").read_text()  # a resumed run rebuilds the same source
+    # thin: dynamic sampling switched on (step 1 drops the groups without a signal), and kept for a resume
+    assert report["dynamic_sampling"] == "on" and rows[0]["ready/dynamic_sampling"] == 1.0
+    assert load_config(RLConfig, str(run.path / "config.yaml")).algo.dynamic_sampling is True
+    assert rows[0]["sampling/dropped_all_wrong"] > 0  # a random start is never right: its groups are dropped
+
+
+def test_dynamic_sampling_auto_stays_off_when_the_signal_is_not_thin(tmp_path):
+    """thin_share 0: no start is thin, so auto trains every group as sampled (the demo's arithmetic start: ready)."""
+    from slide.rl import sync
+    from slide.rundir import RunDir
+    cfg = load_config(RLConfig, None, [f"out_dir={tmp_path}", "steps=1", "eval_every=0", "data.train=arithmetic:1",
+                                       "data.eval_prompts=2", "rollout.prompts_per_step=2", "rollout.n=2",
+                                       "rollout.max_new_tokens=4", "readiness.thin_share=0.0",
+                                       "algo.dynamic_sampling=auto"])
+    run = RunDir.create(cfg.out_dir, cfg.name, "{}", tensorboard=False)
+    sync.run(cfg, run)
+    row = json.loads((run.path / "metrics.jsonl").read_text().splitlines()[0])
+    assert json.loads((run.path / "readiness.json").read_text())["dynamic_sampling"] == "off"
+    assert row["ready/dynamic_sampling"] == 0.0 and row["groups_trained"] == 2  # a random start: all-0 groups kept
+    assert load_config(RLConfig, str(run.path / "config.yaml")).algo.dynamic_sampling is False
 
 
 def test_stop_if_judges_the_share_at_the_temperature_the_run_samples_at():

@@ -48,6 +48,7 @@ class Parts:
     rollout_precision: str  # cfg.rollout.precision with "auto" resolved for the device
     weight_sync: WeightSync  # how weights travel to the engines (rollout precision, bucket size)
     placement: object = None  # slide.cluster.placement.Placement when trainer ranks or engines are Ray actors
+    dynamic_sampling: bool = True  # algo.dynamic_sampling, "auto" decided by the readiness check (slide/rl/readiness.py)
 
     def reward_runner(self, spec) -> RewardRunner:
         return reward_runner(self.verify, spec)
@@ -202,7 +203,8 @@ def build(cfg: RLConfig, ckpt=None) -> Parts:
     temperature = DynamicTemperature(cfg.temperature, cfg.rollout.temperature)
     parts = Parts(tok, policy, trainer, held_out, source, verifiers(train_specs + eval_specs), sampling, gen, 0, {},
                   temperature, device, precision_for(cfg.rollout.precision, device),
-                  WeightSync(precision_for(cfg.rollout.precision, device), cfg.rollout.sync_bucket_mb), placement)
+                  WeightSync(precision_for(cfg.rollout.precision, device), cfg.rollout.sync_bucket_mb), placement,
+                  cfg.algo.dynamic_sampling is True)  # auto: off until the readiness check finds the signal thin
     if ckpt is not None:
         state = load_state(ckpt)
         trainer.load_state_dict(state["trainer"], ckpt)

@@ -66,7 +66,7 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -
         # 1. rollout: n samples per prompt, rewarded; dynamic sampling drops groups with no signal
         with timer("rollout"):
             batch, seen, sampling_stats = sample_batch(rollout, source, cfg.rollout.prompts_per_step,
-                                                       cfg.algo.dynamic_sampling, cfg.algo.max_sample_rounds, gen)
+                                                       p.dynamic_sampling, cfg.algo.max_sample_rounds, gen)
         # 2. advantages: group-normalised rewards, one value per sequence
         set_advantages(batch, cfg.algo.scale_adv_by_std)
         # 3. train (vLLM on a GPU with rollout.vllm_sleep lends the trainer its memory), 4. push the new weights
