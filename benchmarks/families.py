@@ -7,9 +7,13 @@
 
 Per family: `slide demo`'s path (slide/demo.py) with `data=FAMILY` for SFT and RL: cold-start SFT from the
 demo's config, stopped at held-out greedy pass@1 `--stop-at` (inside 15-35%: the issue's starting band), then
-`slide rl` with demo_rl.yaml as shipped (the readiness check included; add `--calibrate` for temperature
-calibration and the automatic curriculum, off in the shipped config until measured here), then the table. Nothing here is tuned per family: every family runs the
-same overrides. Writes OUT/FAMILY/summary.json and OUT/families.json; prints one row per family.
+`slide rl` with demo_rl.yaml as shipped (the readiness check included, and what it switches: dynamic sampling on
+a thin start; add `--calibrate` for temperature calibration and the automatic curriculum, off in the shipped
+config), then the table. Nothing here is tuned per family: every family runs the same overrides. The tool-use
+family (lookup) learns its call format from an arithmetic cold start, as agent_sft.yaml's calculator does:
+    slide sft slide/configs/demo_sft.yaml out_dir=runs/lookup-base threads=2
+    python benchmarks/families.py --families lookup --agentic-init runs/lookup-base/sft/final --threads 2
+Writes OUT/FAMILY/summary.json and OUT/families.json; prints one row per family.
 
 Two before/after pairs per family: the demo's (before, after: the stop rule's own held-out prompts, biased, see
 fresh_eval) and a fresh one (fresh0, fresh1: 400 prompts neither the stop rule nor RL saw).
