@@ -28,7 +28,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from slide.demo import run_demo
+from slide.config import SFTConfig, load_config
+from slide.demo import _config_path, run_demo
 
 FAMILIES = ("strings", "counting", "sorting", "base", "word", "lookup")  # the task families of issue 25
 AGENTIC = ("lookup",)
@@ -126,7 +127,9 @@ def main() -> None:
                *(["seq_len=1024"] if family in AGENTIC else [])]  # a conversation with its tool schema: ~600 tokens
         if family in AGENTIC and a.agentic_init:  # from random init the demo model never learned to copy the
             # items into the call in 150 steps (it did not for the calculator either: agent_sft.yaml)
-            sft += [f"model.init={a.agentic_init}", "lr=1e-3", "batch_tokens=8192", "warmup_steps=10"]
+            tool_sft = load_config(SFTConfig, _config_path("agent_sft.yaml"))  # its optimiser settings, not the demo's
+            sft += [f"model.init={a.agentic_init}", f"lr={tool_sft.lr}", f"batch_tokens={tool_sft.batch_tokens}",
+                    f"warmup_steps={tool_sft.warmup_steps}"]
         # 96 new tokens (the project default, and what SFT's evaluation allows): the new families' longest traces
         # run past demo_rl.yaml's 48, which was set for arithmetic:2
         rl = [f"data.train={family}", "rollout.max_new_tokens=96", *([f"steps={a.rl_steps}"] if a.rl_steps else [])]

@@ -7,10 +7,11 @@ import random
 
 import pytest
 from own_checkpoint import STYLES, build
+from replay import ReplayEngine, model_turns
 
 from slide.agent.envs.calculator import TOOLS, CalculatorEnv, CalculatorTask, trace
 from slide.agent.episode import run_episodes
-from slide.engine.inprocess import Completion, SamplingParams
+from slide.engine.inprocess import SamplingParams
 from slide.errors import UserError
 from slide.model.chat import chat_format
 from slide.model.tokenizer import tokenizer_for
@@ -84,30 +85,6 @@ def test_render_is_what_the_template_writes(toks, style):
 
 
 # ---------------------------------------------------------------- multi-turn, token in / token out
-class ReplayEngine:
-    """generate() like InProcessEngine: every row gets the `turns[i]` token ids on the i-th call."""
-
-    def __init__(self, turns: list[list[int]]):
-        self.turns, self.calls, self.version = turns, 0, 0
-
-    def generate(self, prompts, params, n=1, generator=None):
-        ids = self.turns[self.calls]
-        self.calls += 1
-        assert ids[-1] in params.stop_token_ids
-        return [[Completion(list(ids), [-0.5] * len(ids), "stop", 0)] for _ in prompts]
-
-
-def model_turns(ids: list[int], mask: list[int]) -> list[list[int]]:
-    runs, prev = [], 0
-    for i, m in zip(ids, mask):
-        if m and not prev:
-            runs.append([])
-        if m:
-            runs[-1].append(i)
-        prev = m
-    return runs
-
-
 @pytest.mark.parametrize("thinking", [True, False])
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_episodes_are_token_in_token_out_for_every_template(toks, style, thinking):

@@ -3,6 +3,7 @@ every tool family's SFT conversation, replayed through an episode, is solved."""
 import random
 
 import pytest
+from replay import ReplayEngine, model_turns
 
 from slide.agent.envs.lookup import LookupEnv, LookupTask, trace
 from slide.agent.families import AGENT_FAMILIES
@@ -85,22 +86,6 @@ def test_synth_writes_verifiable_rows_for_the_new_families():
         assert verify[p.family](p, f"</think>{right['answer']}") == truth
 
 
-class ReplayEngine:
-    """Writes, turn by turn, what the model is trained to write in a reference conversation (the loss-mask spans
-    of its SFT encoding): an episode run with it must earn what the trace says."""
-
-    version = 0
-
-    def __init__(self, turns):
-        self.turns, self.calls = turns, 0
-
-    def generate(self, prompts, params, n=1, generator=None):
-        from slide.engine.inprocess import Completion
-        out = self.turns[min(self.calls, len(self.turns) - 1)]
-        self.calls += 1
-        return [[Completion(list(out), [0.0] * len(out), "stop") for _ in range(n)] for _ in prompts]
-
-
 @pytest.mark.parametrize("family", [name for name, f in AGENT_FAMILIES.items() if f.trace])
 def test_each_tool_family_s_sft_conversation_replayed_through_an_episode_is_solved(family):
     """SFT's rendering of a reference conversation and the episode loop agree: replaying its trained turns makes
@@ -115,12 +100,7 @@ def test_each_tool_family_s_sft_conversation_replayed_through_an_episode_is_solv
         problem = task.generate(random.Random(level), level)
         t = AGENT_FAMILIES[family].trace(problem)
         ids, mask = encode_conversation(tok, t["messages"], t["tools"], True)
-        turns, cur = [], []
-        for i, m in zip(ids + [None], mask + [0]):
-            if m:
-                cur.append(i)
-            elif cur:
-                turns, cur = turns + [cur], []
+        turns = model_turns(ids, mask)
         assert len(turns) == sum(m["role"] == "assistant" for m in t["messages"])
         summary = evaluate(ReplayEngine(turns), tok, [problem], verifiers(specs), k=1)["summary"]
         assert summary["pass@1"] == 1.0 and summary["tool_call_success_rate"] == 1.0, (family, level, summary)
