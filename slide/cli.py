@@ -3,7 +3,7 @@
     slide demo                                   # SFT -> RL -> eval on the demo-size tiny GLM, CPU
     slide pretrain CONFIG [key=value ...]        # staged pre-/mid-training (slide/pretrain/); --resume RUN_DIR
     slide pretrain CONFIG --chain                # ... then SFT -> RL -> eval from it, one report
-    slide sft CONFIG [key=value ...]             # cold-start SFT
+    slide sft CONFIG [key=value ...]             # cold-start SFT; --resume RUN_DIR
     slide rl CONFIG [key=value ...]              # colocated synchronous RL
     slide rl --resume RUN_DIR                    # continue a killed run
     slide eval --model DIR --data SPEC [--n N] [--k 1 4 8]   # pass@k (unbiased, n >= k samples) and avg@n
@@ -58,16 +58,30 @@ def cmd_sft(a) -> None:
     from slide.model.lora import check_lora
     from slide.progress import StepProgress
     from slide.rundir import RunDir
-    cfg = load_config(SFTConfig, *_config_args(a))
-    resolve_device(cfg.device)  # a missing GPU stops here, before anything is written
-    check_inputs([cfg.data], cfg.model, sft=True)
-    check_lora(cfg.lora, cfg.model.init, cfg.model.size, where="lora")
+    if a.resume:
+        if a.config or a.overrides:
+            raise UserError("slide sft --resume RUN_DIR: a resumed run keeps its config (no CONFIG or overrides)")
+        cfg = load_config(SFTConfig, str(RunDir.config_of(a.resume)))
+        if (Path(a.resume) / "final").is_dir():  # finished: open() would trim its logs to the last checkpoint
+            print(f"sft: {a.resume} has finished; its model is in {Path(a.resume) / 'final'}")
+            return
+        resolve_device(cfg.device)
+        run_dir, ckpt = RunDir.open(a.resume)
+    else:
+        cfg = load_config(SFTConfig, *_config_args(a))
+        resolve_device(cfg.device)  # a missing GPU stops here, before anything is written
+        check_inputs([cfg.data], cfg.model, sft=True)
+        check_lora(cfg.lora, cfg.model.init, cfg.model.size, where="lora")
+        run_dir, ckpt = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg)), None
     set_threads(cfg.threads)
-    run_dir = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg))
-    with StepProgress("sft", cfg.steps, ["loss", "eval_pass@1"]) as bar:
-        result = sft.run(cfg, run_dir, progress=bar.update)
+    with StepProgress("sft", cfg.steps, ["loss", "eval_pass@1"], start=_step_of(ckpt)) as bar:
+        result = sft.run(cfg, run_dir, ckpt, progress=bar.update)
     run_dir.close()
     print(f"sft: held-out pass@1 {result['summary']['pass@1']:.3f}; model in {run_dir.path / 'final'}")
+
+
+def _step_of(ckpt: Path | None) -> int:
+    return int(ckpt.name.split("_")[-1]) if ckpt else 0
 
 
 def cmd_rl(a) -> None:
@@ -94,8 +108,7 @@ def cmd_rl(a) -> None:
         check_lora(cfg.train.lora, cfg.model.init, cfg.model.size)
         run_dir, ckpt = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg)), None
     set_threads(cfg.threads)
-    with StepProgress("rl", cfg.steps, ["reward_mean", "eval_pass@1"], start=0 if ckpt is None else
-                      int(ckpt.name.split("_")[-1])) as bar:
+    with StepProgress("rl", cfg.steps, ["reward_mean", "eval_pass@1"], start=_step_of(ckpt)) as bar:
         if cfg.mode == "async":
             from slide.rl import async_rl as driver  # imports Ray
         else:
@@ -127,8 +140,7 @@ def cmd_pretrain(a) -> None:
         run_dir, ckpt = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg)), None
     set_threads(cfg.threads)
     total = sum(len(s) for s in runner.plan(cfg.stages, cfg.schedule))
-    start = int(ckpt.name.split("_")[-1]) if ckpt else 0
-    with StepProgress("pretrain", total, ["loss", "lr"], start=start) as bar:
+    with StepProgress("pretrain", total, ["loss", "lr"], start=_step_of(ckpt)) as bar:
         result = runner.run(cfg, run_dir, ckpt, progress=bar.update)
     run_dir.close()
     for name, s in result["stages"].items():
@@ -255,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sft", help="cold-start SFT")
     s.add_argument("config", nargs="?")
     s.add_argument("overrides", nargs="*")
+    s.add_argument("--resume", metavar="RUN_DIR")
     s.set_defaults(fn=cmd_sft)
     r = sub.add_parser("rl", help="colocated synchronous RL")
     r.add_argument("config", nargs="?")
@@ -349,6 +362,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = None
     try:
         args = _parse(argv)
         _quiet()
@@ -360,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is intact (slide rl --resume RUN_DIR)", file=sys.stderr)
+        resumable = args is not None and args.cmd in ("pretrain", "sft", "rl")
+        print("interrupted" + (f"; the last checkpoint is intact (slide {args.cmd} --resume RUN_DIR)" if resumable
+                               else ""), file=sys.stderr)
         return 130
     return 0
 

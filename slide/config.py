@@ -392,6 +392,8 @@ class SFTConfig(Section):
     eval_every: int = Field(0, ge=0, description="0 = only at the end")
     eval_prompts: int = Field(100, ge=1)
     stop_at_pass_rate: float | None = Field(None, gt=0, le=1, description="stop once greedy held-out pass@1 reaches this")
+    save_every: int = Field(100, ge=0, description="checkpoint every N steps (the newest two kept) for slide sft "
+                                                   "--resume RUN_DIR; 0 = none (final/ at the end only)")
     threads: int = Field(0, ge=0)
     device: Device = Field("auto", description=DEVICE_HELP)
     precision: Literal["auto", "fp32", "bf16"] = Field(

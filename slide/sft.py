@@ -1,6 +1,7 @@
 """Cold-start SFT: teach the chat format and a reasoning style from generated, verified solutions.
 
     slide sft slide/configs/demo_sft.yaml steps=400 examples=2000
+    slide sft --resume RUN_DIR          # continue from its last checkpoint (save_every): exactly the same run
 
 Examples are chat-formatted (GLM template) with the prompt masked out of the loss; whole examples are
 packed into fixed-length rows with a block-diagonal causal mask and per-example positions, so packing
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from pathlib import Path
 
 import torch
 
@@ -28,7 +30,7 @@ from slide.model.chat import chat_format
 from slide.packing import first_fit, packed_backward, to_tensors
 from slide.model.tokenizer import tokenizer_for
 from slide.rl.data import PromptSource, eval_problems
-from slide.rundir import RunDir
+from slide.rundir import RunDir, load_state, set_rng_state
 from slide.tasks import parse_task_specs
 from slide.tasks.base import Problem
 
@@ -73,6 +75,14 @@ class ExampleStream:
             out.append(self.pool[self.order.pop()])
         return out
 
+    def state_dict(self) -> dict:
+        return {"source": self.source.state_dict(), "rng": self.rng.getstate(), "order": list(self.order)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source.load_state_dict(state["source"])
+        self.rng.setstate(state["rng"])
+        self.order = list(state["order"])
+
 
 def backward(model, load: ExpertLoad, batches: list[list[tuple[list[int], list[int]]]], seq_len: int,
              pad: int, autocast: torch.dtype = torch.float32) -> tuple[float, int]:
@@ -82,14 +92,18 @@ def backward(model, load: ExpertLoad, batches: list[list[tuple[list[int], list[i
     return packed_backward(model, load, [[t.to(device) for t in pack(b, seq_len, pad)] for b in batches], autocast)
 
 
-def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
-    """Train, evaluating held-out greedy pass@1 every eval_every steps; saves `final/` (an HF folder)."""
+def run(cfg: SFTConfig, run_dir: RunDir, ckpt: Path | None = None, progress=None) -> dict:
+    """Train (from `ckpt` when resuming), evaluating held-out greedy pass@1 every eval_every steps and
+    checkpointing every save_every; saves `final/` (an HF folder)."""
     device = resolve_device(cfg.device)
     autocast = DTYPES[precision_for(cfg.precision, device)]
     torch.manual_seed(cfg.seed)
     tok = tokenizer_for(cfg.model.init, cfg.model.tool_format)  # the checkpoint's own, or the built-in model's
-    model = add_lora(load_policy(cfg.model.init, cfg.model.size, tok, cfg.seed, device=device), cfg.lora, cfg.seed,
-                     where="lora")  # fp32 master weights (with LoRA: frozen, the adapters train)
+    # fp32 master weights (with LoRA: frozen, the adapters train); a resumed LoRA run: the base from model.init,
+    # the adapter (and router biases) from the checkpoint
+    init = str(ckpt / "model") if ckpt and not cfg.lora.rank else cfg.model.init
+    model = add_lora(load_policy(init, cfg.model.size, tok, cfg.seed, device=device), cfg.lora, cfg.seed,
+                     ckpt / "adapter" if ckpt and cfg.lora.rank else None, where="lora")
     load = ExpertLoad(model)
     trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -106,10 +120,16 @@ def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
                         f"set seq_len >= {max(lengths) + max(lengths) // 4} (room for longer ones)")
     mean_len = sum(lengths) / len(lengths)
     per_batch = max(1, int(cfg.batch_tokens / mean_len))
-    last: dict = {}
-    seen_tokens = 0
-    t0 = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    at = {"step": 0, "seen_tokens": 0, "elapsed_s": 0.0, "last": {}}
+    if ckpt:
+        state = load_state(ckpt)
+        opt.load_state_dict(state["optim"])
+        stream.load_state_dict(state["stream"])
+        set_rng_state(state["rng"])
+        at = state["at"]
+    last, seen_tokens = at["last"], at["seen_tokens"]
+    t0 = time.perf_counter() - at["elapsed_s"]
+    for step in range(at["step"] + 1, cfg.steps + 1):
         lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
         lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # cosine to 10%, as GLM
         for g in opt.param_groups:
@@ -135,6 +155,10 @@ def run(cfg: SFTConfig, run_dir: RunDir, progress=None) -> dict:
             progress(step, metrics)
         if cfg.stop_at_pass_rate is not None and metrics.get("eval_pass@1", 0.0) >= cfg.stop_at_pass_rate:
             break
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            at = {"step": step, "seen_tokens": seen_tokens, "elapsed_s": time.perf_counter() - t0, "last": last}
+            run_dir.save_checkpoint(step, model, tok, {"at": at, "optim": opt.state_dict(),
+                                                       "stream": stream.state_dict()}, keep=2)
     save_merged(model, run_dir.path / "final")  # LoRA: the merged weights (what slide rl model.init loads) ...
     tok.save_pretrained(run_dir.path / "final")
     if has_lora(model):

@@ -78,3 +78,14 @@ def test_existing_run_is_never_overwritten(tmp_path):
     # a resume may change where the run runs and its watchdog, never what it computes
     assert_user_error(slide("rl", "--resume", str(run), "train.lr=1"), "train.lr=1", "keeps its config", "watchdog_s")
     assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    sft = tmp_path / "runs" / "sft"
+    sft.mkdir()
+    (sft / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert_user_error(slide("sft", f"out_dir={tmp_path}/runs", "steps=1"), str(sft), "--resume")
+    assert_user_error(slide("sft", "--resume", str(sft)), "not a run directory")
+    (sft / "config.yaml").write_text("steps: 5\n")
+    assert_user_error(slide("sft", "--resume", str(sft), "lr=1"), "keeps its config")
+    (sft / "final").mkdir()  # a finished run: resuming it changes nothing
+    r = slide("sft", "--resume", str(sft))
+    assert r.returncode == 0 and "has finished" in r.stdout, r.stderr
+    assert (sft / "metrics.jsonl").read_text() == '{"step": 1}\n'
