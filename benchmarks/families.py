@@ -4,6 +4,8 @@
     python benchmarks/families.py --families strings counting      # some of them
     python benchmarks/families.py --rl-steps 100 --out runs/families
     python benchmarks/families.py --calibrate --sft-from runs/families --out runs/families-cal   # same cold starts
+    slide pretrain slide/configs/pretrain_copy.yaml               # a pre-trained base (a copy stage, ~8.5 min)
+    python benchmarks/families.py --base runs/pretrain_copy/final --out runs/families-copy       # SFT from it
 
 Per family: `slide demo`'s path (slide/demo.py) with `data=FAMILY` for SFT and RL: cold-start SFT from the
 demo's config, stopped at held-out greedy pass@1 `--stop-at` (inside 15-35%: the issue's starting band), then
@@ -102,6 +104,8 @@ def main() -> None:
                                                           "(agent_sft.yaml's recipe: an arithmetic cold start, "
                                                           "`slide sft slide/configs/demo_sft.yaml`), at its lr and "
                                                           "batch; default: random init like the others")
+    ap.add_argument("--base", default=None, help="every family's cold-start SFT starts from this pre-trained model "
+                                                  "(slide/configs/pretrain_copy.yaml's final/); default: random init")
     ap.add_argument("--quick", action="store_true", help="the demo's smoke-test sizes (test model, a few steps)")
     ap.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts for SFT's stop and before/after "
                                                                       "(default: the demo configs' 200)")
@@ -125,6 +129,8 @@ def main() -> None:
         sft = [f"data={family}", *([f"model.size={a.size}"] if a.size else []),
                *([] if a.quick else [f"stop_at_pass_rate={a.stop_at}"]),
                *(["seq_len=1024"] if family in AGENTIC else [])]  # a conversation with its tool schema: ~600 tokens
+        if a.base and not (family in AGENTIC and a.agentic_init):
+            sft.append(f"model.init={a.base}")
         if family in AGENTIC and a.agentic_init:  # from random init the demo model never learned to copy the
             # items into the call in 150 steps (it did not for the calculator either: agent_sft.yaml)
             tool_sft = load_config(SFTConfig, _config_path("agent_sft.yaml"))  # its optimiser settings, not the demo's

@@ -83,12 +83,13 @@ def test_shipped_pretrain_configs_load_and_the_retrieval_recipe_ends_at_4x_its_f
     from slide.config import load_config
     from slide.pretrain.config import PretrainConfig
     configs = sorted((Path(__file__).resolve().parents[1] / "slide" / "configs").glob("pretrain*.yaml"))
-    assert {c.name for c in configs} >= {"pretrain_tiny.yaml", "pretrain_retrieval.yaml"}
+    assert {c.name for c in configs} >= {"pretrain_tiny.yaml", "pretrain_retrieval.yaml", "pretrain_copy.yaml"}
     loaded = {c.stem: load_config(PretrainConfig, str(c)) for c in configs}
     retrieval = loaded["pretrain_retrieval"]
     lengths = [s.seq_len for s in retrieval.stages]
     assert lengths[-1] == 4 * lengths[0] and retrieval.eval.needle_lengths[-1] == lengths[-1]
     assert retrieval.stages[0].mixture[0].path == "builtin:copy"  # the induction head first
+    assert loaded["pretrain_copy"].model.size == "demo"  # the base the demo-size SFT configs take as model.init
 
 
 def test_reasoning_traces_never_hold_a_problem_sft_or_rl_evaluates_on(tok, tmp_path):
