@@ -59,14 +59,12 @@ def cmd_sft(a) -> None:
     from slide.progress import StepProgress
     from slide.rundir import RunDir
     if a.resume:
-        if a.config or a.overrides:
-            raise UserError("slide sft --resume RUN_DIR: a resumed run keeps its config (no CONFIG or overrides)")
-        cfg = load_config(SFTConfig, str(RunDir.config_of(a.resume)))
-        if (Path(a.resume) / "final").is_dir():  # finished: open() would trim its logs to the last checkpoint
+        RunDir.config_of(a.resume)  # not a run directory: the error, whatever else it holds
+        if (Path(a.resume) / "final").is_dir() and not (a.config or a.overrides):
+            # finished: open() would trim its logs to the last checkpoint
             print(f"sft: {a.resume} has finished; its model is in {Path(a.resume) / 'final'}")
             return
-        resolve_device(cfg.device)
-        run_dir, ckpt = RunDir.open(a.resume)
+        cfg, run_dir, ckpt = _resumed(a, SFTConfig)
     else:
         cfg = load_config(SFTConfig, *_config_args(a))
         resolve_device(cfg.device)  # a missing GPU stops here, before anything is written
@@ -78,6 +76,18 @@ def cmd_sft(a) -> None:
         result = sft.run(cfg, run_dir, ckpt, progress=bar.update)
     run_dir.close()
     print(f"sft: held-out pass@1 {result['summary']['pass@1']:.3f}; model in {run_dir.path / 'final'}")
+
+
+def _resumed(a, config_cls):
+    """(config, run dir, its latest checkpoint) of `--resume RUN_DIR` for a command whose resumed run keeps its
+    whole config (slide sft, slide pretrain)."""
+    from slide.config import load_config
+    from slide.rundir import RunDir
+    if a.config or a.overrides:
+        raise UserError(f"slide {a.cmd} --resume RUN_DIR: a resumed run keeps its config (no CONFIG or overrides)")
+    cfg = load_config(config_cls, str(RunDir.config_of(a.resume)))
+    resolve_device(cfg.device)  # a missing GPU stops here, before open() trims the logs past the last checkpoint
+    return (cfg, *RunDir.open(a.resume))
 
 
 def _step_of(ckpt: Path | None) -> int:
@@ -128,11 +138,7 @@ def cmd_pretrain(a) -> None:
     from slide.progress import StepProgress
     from slide.rundir import RunDir
     if a.resume:
-        if a.config or a.overrides:
-            raise UserError("slide pretrain --resume RUN_DIR: a resumed run keeps its config (no CONFIG or overrides)")
-        cfg = load_config(PretrainConfig, str(RunDir.config_of(a.resume)))
-        resolve_device(cfg.device)
-        run_dir, ckpt = RunDir.open(a.resume)
+        cfg, run_dir, ckpt = _resumed(a, PretrainConfig)
     else:
         cfg = load_config(PretrainConfig, *_config_args(a))
         resolve_device(cfg.device)
