@@ -168,6 +168,17 @@ class RunDir:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def save_final(self, model, tokenizer, name: str = "final") -> Path:
+        """The run's model as an HF folder `name/` (a LoRA policy: its merged weights), written under a temporary
+        name and renamed, so a kill mid-save never leaves a partial folder that reads as a finished run."""
+        final, tmp = self.path / name, self.path / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_merged(model, tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        return final
+
     def close(self) -> None:
         self.tb.close()
 

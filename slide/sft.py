@@ -24,7 +24,7 @@ from slide.engine.inprocess import InProcessEngine
 from slide.errors import UserError
 from slide.eval.passk import evaluate, verifiers
 from slide.model.load import load_policy
-from slide.model.lora import add_lora, has_lora, save_adapter, save_merged
+from slide.model.lora import add_lora, has_lora, save_adapter
 from slide.model.tiny import ExpertLoad
 from slide.model.chat import chat_format
 from slide.packing import first_fit, packed_backward, to_tensors
@@ -159,8 +159,7 @@ def run(cfg: SFTConfig, run_dir: RunDir, ckpt: Path | None = None, progress=None
             at = {"step": step, "seen_tokens": seen_tokens, "elapsed_s": time.perf_counter() - t0, "last": last}
             run_dir.save_checkpoint(step, model, tok, {"at": at, "optim": opt.state_dict(),
                                                        "stream": stream.state_dict()}, keep=2)
-    save_merged(model, run_dir.path / "final")  # LoRA: the merged weights (what slide rl model.init loads) ...
-    tok.save_pretrained(run_dir.path / "final")
     if has_lora(model):
-        save_adapter(model, run_dir.path / "adapter", tok)  # ... and the adapter in peft's format
+        save_adapter(model, run_dir.path / "adapter", tok)  # the adapter in peft's format; then, last, as the mark
+    run_dir.save_final(model, tok)  # of a finished run: the merged weights (what slide rl model.init loads)
     return last

@@ -111,3 +111,30 @@ def test_interrupted_lora_run_resumes_from_its_adapter(tmp_path, sft_model):
     init, _ = sft_model
     extra = [f"model.init={init}", "lora.rank=4", "lora.alpha=8", "examples=0"]
     assert _sft_run(tmp_path, "resumed", extra, stop_after=4) == _sft_run(tmp_path, "straight", extra)
+
+
+def test_a_kill_while_final_is_written_leaves_no_finished_run(tmp_path, sft_model):
+    """final/ marks a finished run (`slide sft --resume` leaves such a run as it is), so it appears whole or not at
+    all: a save that dies after the weights leaves none, and the next save completes it."""
+    import pytest
+
+    from slide.model.load import load_with_tokenizer
+    from slide.rundir import RunDir
+    model, tok = load_with_tokenizer(str(sft_model[0]), "model.init")
+    run = RunDir.create(str(tmp_path), "run", "name: run\n", tensorboard=False)
+
+    class Killed(Exception):
+        pass
+
+    def killed(folder, **kw):
+        raise Killed
+
+    save = tok.save_pretrained
+    tok.save_pretrained = killed
+    with pytest.raises(Killed):
+        run.save_final(model, tok)
+    assert not (run.path / "final").exists() and (run.path / ".tmp-final" / "model.safetensors").is_file()
+    tok.save_pretrained = save
+    final = run.save_final(model, tok)
+    assert final == run.path / "final" and not (run.path / ".tmp-final").exists()
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in final.iterdir()}

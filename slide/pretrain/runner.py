@@ -153,8 +153,7 @@ def _flat(result: dict) -> dict[str, float]:
 
 def finish(cfg: PretrainConfig, run_dir: RunDir, model, tok, summary: dict) -> dict:
     from slide.pretrain.report import plot_run
-    model.save_pretrained(run_dir.path / "final")
-    tok.save_pretrained(run_dir.path / "final")
+    run_dir.save_final(model, tok)
     out = {"stages": summary, "final": str(run_dir.path / "final"), "optimizer": cfg.optimizer}
     (run_dir.path / "summary.json").write_text(json.dumps(out, indent=2))
     plot_run(run_dir.path)
