@@ -225,8 +225,10 @@ class TemperatureSpec(Section):
     calibrate_grid: list[float] = Field([0.6, 0.8, 1.0, 1.2], description="calibrate: candidate temperatures")
     recheck_every: int = Field(40, ge=0, description="calibrate: re-measure every this many steps (0 = plateaus "
                                                      "only)")
-    signal_tolerance: float = Field(0.05, ge=0, description="calibrate: among temperatures within this of the best "
-                                                            "signal share, take the most accurate (sampled pass@1)")
+    signal_tolerance: float = Field(0.05, ge=0, description="calibrate: temperatures within this (or two standard "
+                                                            "errors, on the same prompts) of the best signal share "
+                                                            "tie: the current one stays, else the most accurate "
+                                                            "(sampled pass@1) is taken")
 
     @model_validator(mode="after")
     def _offsets(self):

@@ -1,5 +1,6 @@
 """The readiness check before RL, self-calibrating temperature and the automatic curriculum switch."""
 import json
+import math
 
 import pytest
 
@@ -9,7 +10,8 @@ from slide.engine.inprocess import Completion
 from slide.eval.passk import verifiers
 from slide.rl.curriculum import auto_mode
 from slide.rl.readiness import check, has_levels, measure, should_stop, training_sample, verdict, Measured
-from slide.rl.temperature import DynamicTemperature, choose_temperature, curve_scores, expected_signal_share
+from slide.rl.temperature import (DynamicTemperature, choose_temperature, curve_scores, expected_signal_share,
+                                  paired_se)
 from slide.tasks import parse_task_specs
 
 
@@ -106,6 +108,24 @@ def test_expected_signal_share_and_temperature_choice_on_synthetic_curves():
     assert choose_temperature({0.7: (0.50, 0.4), 1.0: (0.52, 0.2)}, tolerance=0.0) == 1.0
     assert choose_temperature({0.9: (0.5, 0.3), 1.1: (0.5, 0.3)}, tolerance=0.0) == 0.9
 
+
+
+def test_a_temperature_moves_only_on_a_difference_larger_than_its_noise():
+    """32 prompts, the same at both temperatures (1 = that prompt's group carried a signal)."""
+    at_06 = tuple([1] * 16 + [0] * 16)  # share 0.5
+    clear = tuple([1] * 22 + [0] * 10)  # 0.6875: the same 16 and 6 more. Differences: six -1, 26 zeros;
+    # mean -0.1875, sample variance (6 * 0.8125^2 + 26 * 0.1875^2) / 31 = 4.875 / 31, SE sqrt(4.875 / 31 / 32)
+    assert paired_se((0.5, 0.3, at_06), (0.6875, 0.3, clear)) == pytest.approx(math.sqrt(4.875 / 31 / 32))  # 0.070
+    assert choose_temperature({0.6: (0.5, 0.3, at_06), 1.2: (0.6875, 0.2, clear)}, 0.05, current=0.6) == 1.2
+    # 0.625 on other prompts (8-27): eight +1, twelve -1, twelve 0; variance 19.5 / 31, 2 SE = 0.28 > 0.125: a tie
+    noisy = tuple([0] * 8 + [1] * 20 + [0] * 4)
+    assert paired_se((0.5, 0, at_06), (0.625, 0, noisy)) == pytest.approx(math.sqrt(19.5 / 31 / 32))
+    assert choose_temperature({0.6: (0.5, 0.2, at_06), 1.2: (0.625, 0.3, noisy)}, 0.05, current=0.6) == 0.6
+    assert choose_temperature({0.6: (0.5, 0.3, at_06), 1.2: (0.625, 0.2, noisy)}, 0.05, current=1.2) == 1.2
+    # no current among the ties (the first pick of a run at temperature 1.0): the most accurate of them
+    assert choose_temperature({0.6: (0.5, 0.3, at_06), 1.2: (0.625, 0.2, noisy)}, 0.05, current=1.0) == 0.6
+    # without per-prompt signals only the tolerance counts, as before
+    assert choose_temperature({0.6: (0.5, 0.3), 1.2: (0.625, 0.2)}, 0.05, current=0.6) == 1.2
 
 def test_calibration_rechecks_and_may_lower_the_temperature():
     spec = TemperatureSpec(calibrate=True, calibrate_grid=[0.6, 1.0], recheck_every=3, window=2)

@@ -62,9 +62,10 @@ class Measured:
     def share(self) -> float:
         return sum(self.signal) / max(1, len(self.signal))
 
-    def score(self) -> tuple[float, float]:
-        """(signal share, sampled pass@1): what slide.rl.temperature.choose_temperature weighs."""
-        return self.share, self.pass1
+    def score(self) -> tuple[float, float, tuple[int, ...]]:
+        """(signal share, sampled pass@1, signal per prompt as 1/0): what slide.rl.temperature.choose_temperature
+        weighs (the third: the noise of a difference between temperatures measured on the same prompts)."""
+        return self.share, self.pass1, tuple(int(s) for s in self.signal)
 
 
 def measure(engine, tok, problems: list[Problem], verify: dict, n: int, temperature: float, max_new_tokens: int,
@@ -130,14 +131,15 @@ def check(engine, tok, problems: list[Problem], verify: dict, n: int, temperatur
             "sampled_pass@1": here.pass1, f"pass@{n}": here.pass_n, "signal_share": here.share,
             "greedy_sampled_gap": greedy - here.pass1,
             "moderate_prompts": sum(0 < c < n for c in here.correct),
-            "by_temperature": {t: {"sampled_pass@1": m.pass1, f"pass@{n}": m.pass_n, "signal_share": m.share}
-                               for t, m in by_t.items()},
+            "by_temperature": {t: {"sampled_pass@1": m.pass1, f"pass@{n}": m.pass_n, "signal_share": m.share,
+                                   "signal_by_prompt": list(m.score()[2])} for t, m in by_t.items()},
             "status": status, "advice": advice}
 
 
 def scores(report: dict) -> dict[float, tuple[float, float]]:
-    """{temperature: (signal share, sampled pass@1)} of a report (for choose_temperature)."""
-    return {t: (m["signal_share"], m["sampled_pass@1"]) for t, m in report["by_temperature"].items()}
+    """{temperature: (signal share, sampled pass@1, signal per prompt)} of a report (for choose_temperature)."""
+    return {t: (m["signal_share"], m["sampled_pass@1"], tuple(m["signal_by_prompt"]))
+            for t, m in report["by_temperature"].items()}
 
 
 def metrics(report: dict) -> dict[str, float]:
@@ -193,8 +195,8 @@ class RunReadiness:
         return dict(max_new_tokens=c.rollout.max_new_tokens, thinking=c.rollout.thinking, agent=c.agent,
                     generator=stream)
 
-    def signal(self, engine, temperature: float) -> tuple[float, float]:
-        """(signal share, sampled pass@1) of the sample at `temperature` with the engine's current weights."""
+    def signal(self, engine, temperature: float) -> tuple[float, float, tuple[int, ...]]:
+        """(signal share, sampled pass@1, signal per prompt) of the sample at `temperature` with the engine's current weights."""
         return measure(engine, self.p.tok, self.problems, self.p.verify, self.cfg.rollout.n, temperature,
                        **self._kw(engine)).score()
 

@@ -18,6 +18,7 @@ It is measured before step 1 (the readiness check, slide/rl/readiness.py) and re
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from slide.config import TemperatureSpec
@@ -60,12 +61,30 @@ def curve_scores(curves: dict[float, list[float]], n: int) -> dict[float, tuple[
     return {t: (expected_signal_share(ps, n), sum(ps) / max(1, len(ps))) for t, ps in curves.items()}
 
 
-def choose_temperature(scores: dict[float, tuple[float, float]], tolerance: float) -> float:
-    """The temperature to sample at, from {temperature: (signal share, sampled pass@1)}: the most accurate among
-    those whose share is within `tolerance` of the best share (ties: the lower temperature, closer to greedy)."""
-    best = max(share for share, _ in scores.values())
-    near = [(acc, -t) for t, (share, acc) in scores.items() if share >= best - tolerance]
-    return -max(near)[1]
+def paired_se(a: tuple, b: tuple) -> float:
+    """Standard error of the difference of two signal shares measured on the same prompts (their third items:
+    1/0 per prompt, a group with or without a signal); 0 when either lacks them."""
+    if len(a) < 3 or len(b) < 3 or len(a[2]) != len(b[2]) or len(a[2]) < 2:
+        return 0.0
+    d = [x - y for x, y in zip(a[2], b[2])]
+    mean = sum(d) / len(d)
+    return math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+
+
+def choose_temperature(scores: dict[float, tuple], tolerance: float, current: float | None = None,
+                       z: float = 2.0) -> float:
+    """The temperature to sample at, from {temperature: (signal share, sampled pass@1[, per-prompt signal])}.
+
+    A temperature ties with the best one when its share is within `tolerance` of it, or within `z` standard errors
+    of their difference on the same prompts (a share measured on 32 prompts is +-9 points at 50%: without this the
+    choice follows sampling noise from one re-check to the next). Among ties the current temperature stays;
+    otherwise the most accurate (sampled pass@1) is taken, the lower temperature on a tie."""
+    top = max(scores, key=lambda t: (scores[t][0], -t))
+    best = scores[top][0]
+    near = [t for t, v in scores.items() if v[0] >= best - max(tolerance, z * paired_se(v, scores[top]))]
+    if current in near:
+        return current
+    return max(near, key=lambda t: (scores[t][1], -t))
 
 
 def pick_temperature(scores: dict[float, float], tolerance: float) -> float:
@@ -85,8 +104,8 @@ class DynamicTemperature:
         self.detector = PlateauDetector(cfg.window, cfg.min_delta)
 
     def after_step(self, reward_mean: float | None, score, step: int = 0, signal=None) -> dict[str, float]:
-        """score(t) -> held-out sampled pass@1 (dynamic); signal(t) -> (signal share, sampled pass@1) on training
-        prompts (calibrate: called at every recheck_every-th step and on a plateau)."""
+        """score(t) -> held-out sampled pass@1 (dynamic); signal(t) -> (signal share, sampled pass@1, signal per
+        prompt) on training prompts (calibrate: called at every recheck_every-th step and on a plateau)."""
         out = {"temperature": self.value}
         c = self.cfg
         if not (c.dynamic or c.calibrate) or reward_mean is None:
@@ -105,13 +124,14 @@ class DynamicTemperature:
 
     def calibrate(self, signal, measured: dict | None = None) -> dict[str, float]:
         """Re-pick the temperature from signal(t) at each grid temperature (or from `measured`, the same
-        {t: (share, pass@1)} already taken); its metrics."""
+        {t: (share, pass@1, per-prompt signal)} already taken); it moves only when another is clearly better
+        (choose_temperature). Its metrics."""
         scores = measured or {t: signal(t) for t in self.cfg.calibrate_grid}
-        if max(share for share, _ in scores.values()) > 0:  # no signal anywhere: nothing to choose by, keep it
-            self.value = choose_temperature(scores, self.cfg.signal_tolerance)
+        if max(v[0] for v in scores.values()) > 0:  # no signal anywhere: nothing to choose by, keep it
+            self.value = choose_temperature(scores, self.cfg.signal_tolerance, current=self.value)
         return {"temperature": self.value, "temperature/calibrated": 1.0,
-                **{f"temperature/signal@{t:g}": s for t, (s, _) in scores.items()},
-                **{f"temperature/pass@1@{t:g}": a for t, (_, a) in scores.items()}}
+                **{f"temperature/signal@{t:g}": v[0] for t, v in scores.items()},
+                **{f"temperature/pass@1@{t:g}": v[1] for t, v in scores.items()}}
 
     def state_dict(self) -> dict:
         return {"value": self.value, "detector": self.detector.state_dict()}
