@@ -7,6 +7,7 @@ Configs are frozen: derived values live elsewhere, never written back.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -406,6 +407,22 @@ class SFTConfig(Section):
                                                    "holds the merged model, adapter/ the adapter")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans: only true/false. PyYAML's 1.1 rules read yes/no/on/off as booleans too, so `name=off`
+    was a bool and failed; a bool field still takes them (pydantic reads "on", "off", "yes", "no")."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [r for r in rs if r[0] != "tag:yaml.org,2002:bool"]
+    for first, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def _set_path(tree: dict, dotted: str, value, source: str) -> None:
     keys = dotted.split(".")
     node = tree
@@ -447,7 +464,7 @@ def load_config(cls: type[Section], path: str | None = None, overrides: list[str
         if not p.is_file():
             raise UserError(f"config file {path!r} not found")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            tree = _yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(tree, dict):
@@ -457,7 +474,7 @@ def load_config(cls: type[Section], path: str | None = None, overrides: list[str
             raise UserError(f"override {item!r}: expected key=value (e.g. rollout.n=8)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = _yaml(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
         _set_path(tree, key.strip(), value, "override " + item)

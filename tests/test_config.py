@@ -18,6 +18,9 @@ def test_yaml_and_typed_overrides(tmp_path):
     assert (cfg.steps, cfg.rollout.n, cfg.rollout.temperature) == (7, 4, 0.5)
     assert cfg.algo.dynamic_sampling is False and cfg.model.init == "x"
     assert load_config(RLConfig, None, []).steps != 7
+    # YAML 1.2 booleans: `off` names a run; a bool field still reads on/off
+    odd = load_config(RLConfig, None, ["name=off", "out_dir=no", "algo.dynamic_sampling=on"])
+    assert (odd.name, odd.out_dir, odd.algo.dynamic_sampling) == ("off", "no", True)
     again = tmp_path / "d.yaml"
     again.write_text(dump_config(cfg))
     assert load_config(RLConfig, str(again)) == cfg
