@@ -104,3 +104,18 @@ def test_each_tool_family_s_sft_conversation_replayed_through_an_episode_is_solv
         assert len(turns) == sum(m["role"] == "assistant" for m in t["messages"])
         summary = evaluate(ReplayEngine(turns), tok, [problem], verifiers(specs), k=1)["summary"]
         assert summary["pass@1"] == 1.0 and summary["tool_call_success_rate"] == 1.0, (family, level, summary)
+
+
+def test_lookup_trains_on_every_level_while_holding_out_problems():
+    """A held-out problem is its question and answer: lookup's 12 one-item questions recur with new prices, so
+    keyed by text they were all held out and training drew levels 2-3 only (24% / 76% of 400 draws)."""
+    from collections import Counter
+
+    from slide.rl.data import PromptSource, eval_problems
+    specs = parse_task_specs("lookup")
+    held_out = eval_problems(specs, 200, 0)
+    drawn = PromptSource(specs, 0, held_out).next(600)
+    assert not {p.key for p in drawn} & {p.key for p in held_out}
+    levels = Counter(p.level for p in drawn)
+    assert set(levels) == {1, 2, 3} and all(150 <= levels[k] <= 250 for k in (1, 2, 3))  # ~200 each (1/3)
+    assert Counter(p.level for p in held_out)[1] >= 60  # ~a third, as for other families (keyed by text: 10)

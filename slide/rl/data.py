@@ -25,27 +25,27 @@ def eval_problems(specs: Specs, count: int, seed: int) -> list[Problem]:
             break
         task, level = pairs[i % len(pairs)]
         p = task.generate(rng, level)
-        if p.prompt not in seen:
-            seen.add(p.prompt)
+        if p.key not in seen:
+            seen.add(p.key)
             out.append(p)
     return out
 
 
 class PromptSource:
-    """Training problems drawn from task specs; never one of the held-out prompts (best effort:
+    """Training problems drawn from task specs; never one of the held-out problems (best effort:
     gives up after 100 redraws, e.g. for a dataset smaller than the held-out set)."""
 
     def __init__(self, specs: Specs, seed: int, held_out: list[Problem] = ()):
         self.specs = specs
         self.rng = random.Random(seed)
-        self.held_out = {p.prompt for p in held_out}
+        self.held_out = {p.key for p in held_out}
 
     def next(self, k: int) -> list[Problem]:
         out = []
         for _ in range(k):
             for _ in range(100):
                 p = _draw(self.specs, self.rng)
-                if p.prompt not in self.held_out:
+                if p.key not in self.held_out:
                     break
             out.append(p)
         return out

@@ -36,8 +36,8 @@ def training_sample(specs, count: int, seed: int, held_out: list[Problem] = ()) 
     """Up to `count` distinct training prompts (never held-out ones) drawn as a run draws them."""
     source, seen, out = PromptSource(specs, seed + READY_SALT, held_out), set(), []
     for p in source.next(4 * count):
-        if p.prompt not in seen and len(out) < count:
-            seen.add(p.prompt)
+        if p.key not in seen and len(out) < count:
+            seen.add(p.key)
             out.append(p)
     return out
 

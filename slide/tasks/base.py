@@ -20,6 +20,14 @@ class Problem:
     solution: str = ""  # the final answer text the SFT target ends with (after </think>)
     meta: dict = field(default_factory=dict)  # family-specific data the verifier needs (JSON-serialisable)
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """What makes two problems the same one (held-out splits, distinct samples): the question and its answer.
+        The text alone is not enough where an environment holds the facts: lookup's "What costs fig in total?"
+        has a new price in every episode (keyed by text, its 12 one-item questions were all held out and
+        training never saw level 1)."""
+        return self.prompt, self.answer
+
 
 class Task(Protocol):
     name: str
