@@ -221,11 +221,11 @@ class TemperatureSpec(Section):
     calibrate: bool = Field(False, description="pick the rollout temperature that maximises the expected share of "
                                                "groups with a reward signal (1 - p^n - (1-p)^n per prompt), measured "
                                                "on training prompts at each of calibrate_grid before step 1 and "
-                                               "every recheck_every steps (and on a plateau); it may lower as well "
+                                               "every recheck_every steps; it may lower as well "
                                                "as raise (slide/rl/readiness.py)")
     calibrate_grid: list[float] = Field([0.6, 0.8, 1.0, 1.2], description="calibrate: candidate temperatures")
-    recheck_every: int = Field(40, ge=0, description="calibrate: re-measure every this many steps (0 = plateaus "
-                                                     "only)")
+    recheck_every: int = Field(40, ge=0, description="calibrate: re-measure every this many steps (0: on reward "
+                                                     "plateaus instead)")
     signal_tolerance: float = Field(0.05, ge=0, description="calibrate: temperatures within this (or two standard "
                                                             "errors, on the same prompts) of the best signal share "
                                                             "tie: the current one stays, else the most accurate "

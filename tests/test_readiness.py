@@ -141,6 +141,12 @@ def test_calibration_rechecks_and_may_lower_the_temperature():
     assert temp.value == 1.0
     temp.after_step(0.9, None, step=9, signal=lambda t: (0.0, 0.0))  # no signal at any temperature: keep it
     assert temp.value == 1.0
+    good_at["t"] = 0.6
+    for step in (10, 11, 13, 14):  # a flat reward: plateaus fire, but only every 3rd step re-measures
+        assert "temperature/calibrated" not in temp.after_step(0.9, None, step=step, signal=signal)
+    on_plateaus = DynamicTemperature(spec.model_copy(update={"recheck_every": 0}), initial=1.0)
+    fired = [s for s in range(1, 9) if "temperature/calibrated" in on_plateaus.after_step(0.9, None, s, signal=signal)]
+    assert fired == [4, 8] and on_plateaus.value == 0.6  # window 2: four flat rewards make a plateau
     # GLM's plateau rule with a negative offset lowers too; candidates at or below 0 are skipped
     dyn = DynamicTemperature(TemperatureSpec(dynamic=True, window=2, candidates=[-0.3, 0.0, -1.0]), initial=1.0)
     for r in (0.5, 0.5, 0.5):

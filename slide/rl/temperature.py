@@ -14,7 +14,8 @@ Calibration instead scores each temperature of the grid by what GRPO needs from 
 a reward signal (not all n rewards equal). For a prompt with pass rate p that happens with probability
 1 - p^n - (1-p)^n; a temperature is worth the mean of that over training prompts (`expected_signal_share`).
 It is measured before step 1 (the readiness check, slide/rl/readiness.py) and re-measured every
-`recheck_every` steps and on a plateau, so the temperature follows the policy down as well as up.
+`recheck_every` steps (0: on reward plateaus), so the temperature follows the policy down as well as up. It
+moves only on a difference larger than the measurement's noise (`choose_temperature`).
 """
 from __future__ import annotations
 
@@ -105,13 +106,13 @@ class DynamicTemperature:
 
     def after_step(self, reward_mean: float | None, score, step: int = 0, signal=None) -> dict[str, float]:
         """score(t) -> held-out sampled pass@1 (dynamic); signal(t) -> (signal share, sampled pass@1, signal per
-        prompt) on training prompts (calibrate: called at every recheck_every-th step and on a plateau)."""
+        prompt) on training prompts (calibrate: called every recheck_every-th step, or on a plateau if that is 0)."""
         out = {"temperature": self.value}
         c = self.cfg
         if not (c.dynamic or c.calibrate) or reward_mean is None:
             return out
         plateau = self.detector.update(reward_mean)
-        if c.calibrate and (plateau or (c.recheck_every and step % c.recheck_every == 0)):
+        if c.calibrate and (step % c.recheck_every == 0 if c.recheck_every else plateau):
             return {**out, **self.calibrate(signal), "temperature/plateau": float(plateau)}
         if not plateau or not c.dynamic:
             return out
