@@ -154,33 +154,38 @@ class RunDir:
         """Checkpoint `step` atomically: `write(folder)` puts the weights (and whatever else) into a temporary
         folder and returns more state; the tokenizer joins `model/`, then `state.pt`, then the folder takes its
         final name. Only the newest `keep` checkpoints stay."""
-        final = self.ckpt_dir / f"{CKPT_PREFIX}{step:06d}"
-        tmp = self.ckpt_dir / f".tmp-{CKPT_PREFIX}{step:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        more = write(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp / "model")
-        torch.save({"step": step, "rng": rng_state(), **state, **more}, tmp / "state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        def fill(tmp: Path) -> None:
+            more = write(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp / "model")
+            torch.save({"step": step, "rng": rng_state(), **state, **more}, tmp / "state.pt")
+        final = _atomic_folder(self.ckpt_dir / f"{CKPT_PREFIX}{step:06d}", fill)
         for old in sorted(self.ckpt_dir.glob(f"{CKPT_PREFIX}*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
     def save_final(self, model, tokenizer, name: str = "final") -> Path:
-        """The run's model as an HF folder `name/` (a LoRA policy: its merged weights), written under a temporary
-        name and renamed, so a kill mid-save never leaves a partial folder that reads as a finished run."""
-        final, tmp = self.path / name, self.path / f".tmp-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_merged(model, tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        return final
+        """The run's model as an HF folder `name/` (a LoRA policy: its merged weights), written atomically: a kill
+        mid-save never leaves a partial folder that reads as a finished run."""
+        def fill(tmp: Path) -> None:
+            save_merged(model, tmp)
+            tokenizer.save_pretrained(tmp)
+        return _atomic_folder(self.path / name, fill)
 
     def close(self) -> None:
         self.tb.close()
+
+
+def _atomic_folder(final: Path, fill) -> Path:
+    """`fill(folder)` writes into `.tmp-<name>` beside `final`, which then takes its name (replacing an older one):
+    a kill at any point leaves either the old folder or the new one whole, never a partial one under that name."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    fill(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:

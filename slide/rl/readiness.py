@@ -132,7 +132,7 @@ def check(engine, tok, problems: list[Problem], verify: dict, n: int, temperatur
             "greedy_sampled_gap": greedy - here.pass1,
             "moderate_prompts": sum(0 < c < n for c in here.correct),
             "by_temperature": {t: {"sampled_pass@1": m.pass1, f"pass@{n}": m.pass_n, "signal_share": m.share,
-                                   "signal_by_prompt": list(m.score()[2])} for t, m in by_t.items()},
+                                   "signal_by_prompt": [int(s) for s in m.signal]} for t, m in by_t.items()},
             "status": status, "advice": advice}
 
 
@@ -196,7 +196,8 @@ class RunReadiness:
                     generator=stream)
 
     def signal(self, engine, temperature: float) -> tuple[float, float, tuple[int, ...]]:
-        """(signal share, sampled pass@1, signal per prompt) of the sample at `temperature` with the engine's current weights."""
+        """(signal share, sampled pass@1, signal per prompt) of the sample at `temperature` with the engine's
+        current weights."""
         return measure(engine, self.p.tok, self.problems, self.p.verify, self.cfg.rollout.n, temperature,
                        **self._kw(engine)).score()
 
