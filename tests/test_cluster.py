@@ -260,6 +260,41 @@ def test_an_engine_dead_while_the_channel_is_made_is_replaced_and_the_push_compl
         placement.remove()
 
 
+def group_of(size: int) -> TrainerGroup:
+    """A trainer group of `size` stand-in ranks whose `step(role)` fails as a survivor's collective does when a
+    peer dies ("fails"), exits ("dies") or returns ("lives"). Defined here so Ray ships the class by value."""
+    class Peer:
+        def pid(self) -> int:
+            return os.getpid()
+
+        def step(self, role: str) -> None:
+            if role == "dies":
+                time.sleep(1.0)  # the survivor's error reaches the driver first, as it can with gloo
+                os._exit(1)
+            if role == "fails":
+                raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:37016")
+
+    group = TrainerGroup.__new__(TrainerGroup)
+    group.size, group.ranks = size, [ray.remote(Peer).options(max_restarts=0, num_cpus=0).remote()
+                                     for _ in range(size)]
+    assert len(set(ray.get([r.pid.remote() for r in group.ranks]))) == size  # every stand-in is up
+    return group
+
+
+def test_a_survivors_collective_error_names_the_dead_rank(ray_session):
+    """Rank 0's collective fails ("Connection closed by peer") before Ray reports rank 1's death: the run still
+    stops with TrainerRankDied naming rank 1, not the survivor's traceback. A rank that raises while every
+    rank lives is that rank's own error."""
+    from slide.cluster.trainer_group import TrainerRankDied
+    group = group_of(3)
+    with pytest.raises(TrainerRankDied, match=r"trainer rank 2 of 3 died \(ActorDiedError\).*slide rl --resume"):
+        group._all([r.step.remote(role) for r, role in zip(group.ranks, ["fails", "lives", "dies"])])
+    group = group_of(2)
+    with pytest.raises(ray.exceptions.RayTaskError, match="Connection closed by peer"):
+        group._all([r.step.remote(role) for r, role in zip(group.ranks, ["fails", "lives"])])
+    group.close()
+
+
 def test_placement_puts_roles_on_their_declared_gpus(ray_session):
     """Disaggregated: 2 trainer and 2 engine bundles, one GPU each, four different GPUs. Colocated: engine j in
     trainer rank j's bundle, on its GPU. (Ray's 4 GPUs here are declared, not real: placement only.)"""
@@ -311,9 +346,10 @@ def test_two_ranks_two_engines_sync_run_resumes_exactly_and_at_world_size_one(ra
     killed = tmp_path / "killed"
     p = subprocess.Popen([sys.executable, "-m", "slide.cli", "rl", *args, f"out_dir={tmp_path}", "name=killed"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # a guard against a hang only: on a loaded machine step 2 took over 300 s
     while time.time() < deadline and p.poll() is None and not any(killed.glob("checkpoints/step_*/state.pt")):
         time.sleep(0.1)
+    assert p.poll() is None and any(killed.glob("checkpoints/step_*/state.pt")), "no checkpoint before the kill"
     procs = descendants(p.pid)
     ranks = named(procs, "ray::TrainerRank")
     assert len(ranks) == 2, procs

@@ -22,6 +22,8 @@ from slide.errors import RunStopped
 from slide.rl.sample import Sample
 from slide.weights.buckets import WeightSync
 
+DEAD = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
+
 
 class TrainerRankDied(RunStopped):
     """A trainer rank's process is gone; the run ends and resumes from its last checkpoint."""
@@ -55,20 +57,42 @@ class TrainerGroup:
 
     def _all(self, calls: list):
         """Wait for one call on every rank; a dead rank is TrainerRankDied at once (the others, stuck in a
-        collective that waits for it, are stopped)."""
+        collective that waits for it, are stopped). A rank whose collective fails because a peer died (gloo's
+        "Connection closed by peer", often seen before Ray reports the death) is the dead peer's error too."""
         pending = list(calls)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             try:
                 ray.get(done[0])
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
-                self.close()
-                lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-                cause = lines[-1][:200] if "creation task" in str(e) else type(e).__name__  # its __init__ raised
-                raise TrainerRankDied(f"trainer rank {calls.index(done[0])} of {self.size} died ({cause}); the run "
-                                      "stops: resume it from its last checkpoint with `slide rl --resume RUN_DIR`"
-                                      ) from None
+            except DEAD as e:
+                self._stop(calls.index(done[0]), e)
+            except ray.exceptions.RayTaskError:
+                dead = self._find_dead()
+                if dead is None:
+                    raise
+                self._stop(*dead)
         return ray.get(calls)
+
+    def _find_dead(self, timeout_s: float = 30.0) -> tuple[int, Exception] | None:
+        """The first rank whose process is gone (its ping fails once Ray has seen it die), or None if none has
+        within `timeout_s` (a rank still busy in a collective does not answer its ping: it is not counted)."""
+        pings = [r.pid.remote() for r in self.ranks]
+        ray.wait(pings, num_returns=len(pings), timeout=timeout_s)
+        for rank, ping in enumerate(pings):
+            try:
+                ray.get(ping, timeout=0)
+            except DEAD as e:
+                return rank, e
+            except ray.exceptions.GetTimeoutError:
+                pass
+        return None
+
+    def _stop(self, rank: int, e: Exception):
+        self.close()
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        cause = lines[-1][:200] if "creation task" in str(e) else type(e).__name__  # its __init__ raised
+        raise TrainerRankDied(f"trainer rank {rank} of {self.size} died ({cause}); the run stops: resume it "
+                              "from its last checkpoint with `slide rl --resume RUN_DIR`") from None
 
     def _each(self, method: str, *args) -> list:
         return self._all([getattr(r, method).remote(*args) for r in self.ranks])
