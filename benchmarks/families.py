@@ -73,13 +73,15 @@ def row(family: str, summary: dict) -> str:
             f"{summary.get('fresh_before', float('nan')):7.3f} {summary.get('fresh_after', float('nan')):7.3f} "
             f"{summary.get('fresh_gain_points', float('nan')):+7.1f} "
             f"{r.get('greedy_pass@1', float('nan')):7.3f} {r.get('sampled_pass@1', float('nan')):7.3f} "
-            f"{r.get('signal_share', float('nan')):7.3f} {str(r.get('chosen_temperature', '-')):>5s} "
+            f"{r.get('chance_pass@1', float('nan')):7.3f} {r.get('signal_share', float('nan')):7.3f} "
+            f"{r.get('status', '-'):>6s} {str(r.get('chosen_temperature', '-')):>5s} "
             f"{str(r.get('curriculum', '-')):>9s} {summary['sft_seconds'] / 60:6.1f} {summary['rl_seconds'] / 60:6.1f}")
 
 
 HEADER = (f"{'family':9s} {'sft':>5s} {'before':>7s} {'after':>7s} {'gain':>7s} {'last3':>7s} "
           f"{'fresh0':>7s} {'fresh1':>7s} {'fgain':>7s} "
-          f"{'greedy':>7s} {'sampled':>7s} {'signal':>7s} {'T':>5s} {'curric':>9s} {'sftmin':>6s} {'rlmin':>6s}")
+          f"{'greedy':>7s} {'sampled':>7s} {'chance':>7s} {'signal':>7s} {'status':>6s} {'T':>5s} {'curric':>9s} "
+          f"{'sftmin':>6s} {'rlmin':>6s}")
 
 
 def main() -> None:

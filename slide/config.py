@@ -251,7 +251,7 @@ class ReadinessSpec(Section):
     stop_if: Literal["never", "none", "thin"] = Field(
         "never", description="end a fresh run before step 1 (one error: line with the advice, exit 2; readiness.json "
                              "kept) when the check, after calibration, finds no group with a signal (none) or too few "
-                             "(thin): GRPO has nothing to learn from such a start")
+                             "or only by luck (thin; status chance): GRPO has nothing to learn from such a start")
 
 
 class AgentSpec(Section):

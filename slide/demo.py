@@ -57,7 +57,8 @@ def _readiness(rl_dir: Path) -> dict:
     if not path.exists():
         return {}
     report = json.loads(path.read_text())
-    keep = ("greedy_pass@1", "sampled_pass@1", "signal_share", "status", "chosen_temperature", "curriculum")
+    keep = ("greedy_pass@1", "sampled_pass@1", "chance_pass@1", "signal_share", "status", "chosen_temperature",
+            "curriculum")
     return {k: report[k] for k in keep if k in report}
 
 

@@ -9,7 +9,8 @@ from slide.config import RLConfig, TemperatureSpec, load_config
 from slide.engine.inprocess import Completion
 from slide.eval.passk import verifiers
 from slide.rl.curriculum import auto_mode
-from slide.rl.readiness import check, has_levels, measure, should_stop, training_sample, verdict, Measured
+from slide.rl.readiness import (Measured, check, decoys, guessing, has_levels, measure, should_stop, training_sample,
+                                 verdict)
 from slide.rl.temperature import (DynamicTemperature, choose_temperature, curve_scores, expected_signal_share,
                                   paired_se)
 from slide.tasks import parse_task_specs
@@ -58,6 +59,46 @@ def test_an_engine_whose_samples_disagree_gives_exact_signal(tok, data):
     greedy = measure(FixedEngine(tok, ["42", "7"]), tok, problems, verifiers(specs), n=4, temperature=0.0,
                      max_new_tokens=8)
     assert greedy.n == 1 and greedy.correct == [1, 0, 1, 0]  # greedy: one answer, the first
+
+
+class KnowingEngine(FixedEngine):
+    """Even samples answer each prompt right (it reads the prompt's letter: a? 42, b? 7, c? 42, d? 13), odd ones
+    say 42 whatever the prompt."""
+
+    def __init__(self, tok):
+        super().__init__(tok, ["42", "7", "13"])
+        self.tok, self.by_answer = tok, {"a": 0, "b": 1, "c": 0, "d": 2}
+
+    def generate(self, prompts, params, n=1, generator=None):
+        def out(prompt, j):
+            letter = self.tok.decode(prompt).split("?")[0][-1]
+            tokens = self.outputs[self.by_answer[letter] if j % 2 == 0 else 0]
+            return Completion(list(tokens), [0.0] * len(tokens), "stop")
+        return [[out(p, j) for j in range(n)] for p in prompts]
+
+
+def test_chance_scores_each_prompts_samples_against_another_prompts_problem(tok, data):
+    """Decoys pair prompts of one level (a <-> b, c <-> d). Samples saying 42, 7, 42, 7 whatever the prompt score
+    as well against the decoy as against their own prompt: status `chance` (its signal is luck), and
+    readiness.stop_if=thin stops it. Samples that read the prompt score less against the decoy: not chance."""
+    specs, problems = data
+    assert decoys(problems) == [1, 0, 3, 2]
+    m = measure(FixedEngine(tok, ["42", "7"]), tok, problems, verifiers(specs), n=4, temperature=1.0,
+                max_new_tokens=8, chance=True)
+    assert m.correct == [2, 2, 2, 0] and m.decoy == [2, 2, 0, 2]  # c's 42/7 against 13: 0; d's against 42: 2
+    own, luck, se = m.chance()
+    assert own == luck == 6 / 16 and se == pytest.approx(math.sqrt((2 * 0.5 ** 2) / 3 / 4))
+    report = check(FixedEngine(tok, ["42", "7"]), tok, problems, verifiers(specs), n=4, temperature=1.0,
+                   max_new_tokens=8, levels=True)
+    assert report["status"] == "chance" and "luck" in report["advice"] and report["chance_pass@1"] == 6 / 16
+    assert report["above_chance"] == 0.0 and should_stop(report, "thin", 0.25) and not should_stop(report, "none", 0.25)
+    knowing = measure(KnowingEngine(tok), tok, problems, verifiers(specs), n=4, temperature=1.0, max_new_tokens=8,
+                      chance=True)
+    assert knowing.correct == [4, 2, 4, 2] and knowing.decoy == [0, 2, 0, 2]  # only the odd 42s hit a decoy
+    assert knowing.chance()[:2] == (12 / 16, 4 / 16) and not guessing(knowing)
+    assert verdict(0.5, knowing, knowing, levels=True, thin_share=0.25)[0] == "ready"
+    assert measure(FixedEngine(tok, ["42"]), tok, problems, verifiers(specs), n=2, temperature=1.0,
+                   max_new_tokens=8).decoy is None  # only where asked: it costs a verifier call per sample
 
 
 def test_verdict_names_the_likely_remedy():

@@ -11,6 +11,9 @@ moves. The check measures, on a bounded sample of training prompts (never held-o
 own prompts, verifiers and sampling:
 - greedy pass@1, and sampled pass@1 and pass@n at the rollout temperature (n = rollout.n samples each);
 - the share of groups that carry a signal (rewards not all equal) and the greedy/sampled gap;
+- chance: the same samples scored against another prompt's problem (same family and level). Answers that
+  ignore the prompt score as well there as on their own prompt: then the signal is luck (a count guessed right),
+  and RL reinforces guesses, not a skill;
 - with temperature.calibrate, the same at each temperature of the grid, and the one chosen;
 and says what to do when the signal is thin: more SFT (nothing is ever right), a lower temperature
 (greedy knows more than sampling shows), easier levels first (some levels are moderate), harder problems
@@ -18,11 +21,15 @@ and says what to do when the signal is thin: more SFT (nothing is ever right), a
 """
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from dataclasses import dataclass
 
+from slide.agent.families import is_agentic
 from slide.config import AgentSpec
 from slide.engine.inprocess import SamplingParams
 from slide.eval.passk import pass_at_k
+from slide.model.chat import chat_format
 from slide.model.tokenizer import stop_token_ids
 from slide.rl.data import PromptSource
 from slide.rl.reward import RewardRunner, by_family
@@ -42,13 +49,30 @@ def training_sample(specs, count: int, seed: int, held_out: list[Problem] = ()) 
     return out
 
 
+def decoys(problems: list[Problem]) -> list[int | None]:
+    """For each problem, the index of another single-turn problem of the same family and level to score its
+    answers against (the next of that bucket, cyclically: a fixed derangement); None where there is none."""
+    buckets = defaultdict(list)
+    for i, p in enumerate(problems):
+        if not is_agentic(p):  # an episode's reward comes from its environment, not from its text alone
+            buckets[(p.family, p.level)].append(i)
+    out: list[int | None] = [None] * len(problems)
+    for members in buckets.values():
+        if len(members) > 1:
+            for i, j in zip(members, members[1:] + members[:1]):
+                out[i] = j
+    return out
+
+
 @dataclass
 class Measured:
-    """n samples per prompt at one temperature: correct samples and whether the group's rewards disagree."""
+    """n samples per prompt at one temperature: correct samples and whether the group's rewards disagree
+    (and, where measured, how many of them are right for the prompt's decoy: -1 where it has none)."""
     temperature: float
     n: int
     correct: list[int]
     signal: list[bool]
+    decoy: list[int] | None = None
 
     @property
     def pass1(self) -> float:
@@ -67,19 +91,39 @@ class Measured:
         weighs (the third: the noise of a difference between temperatures measured on the same prompts)."""
         return self.share, self.pass1, tuple(int(s) for s in self.signal)
 
+    def chance(self) -> tuple[float, float, float] | None:
+        """(sampled pass@1, pass@1 scored against the decoys, standard error of their difference) over the prompts
+        that have a decoy, or None. The difference is what the answers know about their own prompt."""
+        pairs = [(c / self.n, d / self.n) for c, d in zip(self.correct, self.decoy or []) if d >= 0]
+        if not pairs:
+            return None
+        diff = [a - b for a, b in pairs]
+        mean = sum(diff) / len(diff)
+        se = math.sqrt(sum((x - mean) ** 2 for x in diff) / (len(diff) - 1) / len(diff)) if len(diff) > 1 else 0.0
+        return sum(a for a, _ in pairs) / len(pairs), sum(b for _, b in pairs) / len(pairs), se
+
 
 def measure(engine, tok, problems: list[Problem], verify: dict, n: int, temperature: float, max_new_tokens: int,
             thinking: bool = True, agent: AgentSpec = AgentSpec(), generator=None,
-            timeout_s: float = 5.0) -> Measured:
-    """n samples per problem at `temperature` (0: one greedy answer each), rewarded by the run's verifiers."""
+            timeout_s: float = 5.0, chance: bool = False) -> Measured:
+    """n samples per problem at `temperature` (0: one greedy answer each), rewarded by the run's verifiers; with
+    `chance`, each single-turn group is also scored against its decoy problem (`decoys`)."""
     n = 1 if temperature == 0 else n
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens,
                             stop_token_ids=tuple(stop_token_ids(tok)))
     rollout = Rollout(engine, tok, params, n, RewardRunner(by_family(verify), timeout_s), thinking, agent)
     groups = rollout.groups(problems, generator=generator)
     rewards = [[s.reward for s in g] for g in groups]
+    decoy = None
+    if chance:
+        pairs = [(i, j) for i, j in enumerate(decoys(problems)) if j is not None]
+        cut = chat_format(tok).cut
+        scored = rollout.reward.score([(problems[j], [cut(s.response_text) for s in groups[i]]) for i, j in pairs])
+        decoy = [-1] * len(problems)
+        for (i, _), rs in zip(pairs, scored):
+            decoy[i] = sum(r >= 1.0 for r in rs)
     return Measured(temperature, n, [sum(r >= 1.0 for r in rs) for rs in rewards],
-                    [max(rs) != min(rs) for rs in rewards])
+                    [max(rs) != min(rs) for rs in rewards], decoy)
 
 
 def has_levels(specs) -> bool:
@@ -87,10 +131,24 @@ def has_levels(specs) -> bool:
     return any(len(levels) > 1 for _, levels in specs)
 
 
+def guessing(at_t: Measured) -> bool:
+    """True when the samples score, against other prompts' problems, at least half as well as against their own
+    and not significantly (two standard errors) worse: their right answers are mostly luck."""
+    c = at_t.chance()
+    return c is not None and c[0] > 0 and c[1] >= c[0] / 2 and c[0] - c[1] <= 2 * c[2]
+
+
 def verdict(greedy: float, at_t: Measured, best: Measured, levels: bool, thin_share: float) -> tuple[str, str]:
     """(status, advice): `ready` when at least `thin_share` of groups carry a signal at the rollout temperature,
-    else `thin` (or `none` when no group does), with the likely remedy first."""
+    else `thin` (or `none` when no group does), with the likely remedy first; `chance` when the groups that
+    carry one owe it to luck (`guessing`)."""
     share = at_t.share
+    if share > 0 and guessing(at_t):
+        own, luck, _ = at_t.chance()
+        return "chance", (f"the samples score {luck:.0%} against other prompts' problems and {own:.0%} against their "
+                          f"own: the answers ignore the prompt, the {share:.0%} of groups with a reward signal owe "
+                          "it to luck and RL would reinforce guesses; try more SFT, or a base that holds the skill "
+                          "(a held-out pass rate this low can be luck too)")
     if share >= thin_share:
         return "ready", f"{share:.0%} of groups would carry a reward signal at temperature {at_t.temperature:g}"
     remedies = []
@@ -120,16 +178,20 @@ def check(engine, tok, problems: list[Problem], verify: dict, n: int, temperatur
           agent: AgentSpec = AgentSpec(), generator=None) -> dict:
     """The readiness report: the numbers at `temperature` (and at each of `grid`), a status and advice."""
     def at(t: float) -> Measured:
-        return measure(engine, tok, problems, verify, n, t, max_new_tokens, thinking, agent, generator)
+        return measure(engine, tok, problems, verify, n, t, max_new_tokens, thinking, agent, generator,
+                       chance=t == temperature)
 
     greedy = at(0.0).pass1
     by_t = {t: at(t) for t in sorted({temperature, *grid})}
     here = by_t[temperature]
     best = max(by_t.values(), key=lambda m: (m.share, m.pass1))
     status, advice = verdict(greedy, here, best, levels, thin_share)
+    chance = here.chance()
     return {"prompts": len(problems), "n": n, "temperature": temperature, "greedy_pass@1": greedy,
             "sampled_pass@1": here.pass1, f"pass@{n}": here.pass_n, "signal_share": here.share,
             "greedy_sampled_gap": greedy - here.pass1,
+            **({"chance_pass@1": chance[1], "above_chance": chance[0] - chance[1], "above_chance_se": chance[2]}
+               if chance else {}),
             "moderate_prompts": sum(0 < c < n for c in here.correct),
             "by_temperature": {t: {"sampled_pass@1": m.pass1, f"pass@{n}": m.pass_n, "signal_share": m.share,
                                    "signal_by_prompt": [int(s) for s in m.signal]} for t, m in by_t.items()},
@@ -146,7 +208,7 @@ def metrics(report: dict) -> dict[str, float]:
     """The report as flat `ready/*` metrics (status: 1 ready, 0.5 thin, 0 none)."""
     flat = {f"ready/{k}": v for k, v in report.items() if isinstance(v, (int, float))}
     flat.update({f"ready/signal_share@{t:g}": m["signal_share"] for t, m in report["by_temperature"].items()})
-    flat["ready/status"] = {"ready": 1.0, "thin": 0.5, "none": 0.0}[report["status"]]
+    flat["ready/status"] = {"ready": 1.0, "thin": 0.5, "chance": 0.25, "none": 0.0}[report["status"]]
     return flat
 
 
@@ -163,15 +225,18 @@ def print_report(report: dict, title: str = "readiness for RL", stderr: bool = F
         table.add_row(f"{t:g}{mark}", f"{m['sampled_pass@1']:.3f}", f"{m[f'pass@{n}']:.3f}", f"{m['signal_share']:.3f}")
     console = Console(stderr=stderr)
     console.print(table)
+    if "chance_pass@1" in report:
+        console.print(f"chance (the samples scored against other prompts' problems): {report['chance_pass@1']:.3f}; "
+                      f"sampled pass@1 above it: {report['above_chance']:+.3f} +- {report['above_chance_se']:.3f}")
     console.print(f"{report['status']}: {report['advice']}")
 
 
 def should_stop(report: dict, stop_if: str, thin_share: float) -> bool:
     """readiness.stop_if: whether the signal share at the temperature the run will sample at (the calibrated one,
-    if chosen) is nil (`none`) or under `thin_share` (`thin`)."""
+    if chosen) is nil (`none`) or under `thin_share` or owed to luck (`thin`)."""
     chosen = report.get("chosen_temperature", report["temperature"])
     share = report["by_temperature"].get(chosen, {"signal_share": report["signal_share"]})["signal_share"]
-    return {"never": False, "none": share == 0, "thin": share < thin_share}[stop_if]
+    return {"never": False, "none": share == 0, "thin": share < thin_share or report.get("status") == "chance"}[stop_if]
 
 
 class RunReadiness:
