@@ -394,7 +394,9 @@ class SFTConfig(Section):
     thinking: bool = True
     eval_every: int = Field(0, ge=0, description="0 = only at the end")
     eval_prompts: int = Field(100, ge=1)
-    stop_at_pass_rate: float | None = Field(None, gt=0, le=1, description="stop once greedy held-out pass@1 reaches this")
+    stop_at_pass_rate: float | None = Field(None, gt=0, le=1, description="stop once greedy held-out pass@1 reaches "
+                                            "this, unless the answers score as well against other prompts' "
+                                            "problems (luck: eval_lucky, slide/eval/chance.py)")
     save_every: int = Field(100, ge=0, description="checkpoint every N steps (the newest two kept) for slide sft "
                                                    "--resume RUN_DIR; 0 = none (final/ at the end only)")
     threads: int = Field(0, ge=0)

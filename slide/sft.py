@@ -147,13 +147,15 @@ def run(cfg: SFTConfig, run_dir: RunDir, ckpt: Path | None = None, progress=None
         metrics = {"loss": loss, "grad_norm": float(grad_norm), "lr": lr, "target_tokens": seen_tokens,
                    "elapsed_s": time.perf_counter() - t0, **balance, **memory_metrics(device)}
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-            last = evaluate(engine, tok, held_out, verify, k=1, thinking=cfg.thinking)
+            last = evaluate(engine, tok, held_out, verify, k=1, thinking=cfg.thinking, chance=True)
             run_dir.log_eval(step, last)
             metrics["eval_pass@1"] = last["summary"]["pass@1"]
+            metrics.update({f"eval_{k}": last["summary"][k] for k in ("chance_pass@1", "lucky") if k in last["summary"]})
         run_dir.log_metrics(step, metrics)
         if progress:
             progress(step, metrics)
-        if cfg.stop_at_pass_rate is not None and metrics.get("eval_pass@1", 0.0) >= cfg.stop_at_pass_rate:
+        if (cfg.stop_at_pass_rate is not None and metrics.get("eval_pass@1", 0.0) >= cfg.stop_at_pass_rate
+                and not metrics.get("eval_lucky")):  # a pass rate that guesses reach is no cold start
             break
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
             at = {"step": step, "seen_tokens": seen_tokens, "elapsed_s": time.perf_counter() - t0, "last": last}

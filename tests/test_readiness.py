@@ -7,10 +7,10 @@ import pytest
 from slide.cli import main
 from slide.config import RLConfig, TemperatureSpec, load_config
 from slide.engine.inprocess import Completion
-from slide.eval.passk import verifiers
+from slide.eval.passk import evaluate, verifiers
 from slide.rl.curriculum import auto_mode
-from slide.rl.readiness import (Measured, check, decoys, guessing, has_levels, measure, should_stop, training_sample,
-                                 verdict)
+from slide.eval.chance import decoys
+from slide.rl.readiness import Measured, check, guessing, has_levels, measure, should_stop, training_sample, verdict
 from slide.rl.temperature import (DynamicTemperature, choose_temperature, curve_scores, expected_signal_share,
                                   paired_se)
 from slide.tasks import parse_task_specs
@@ -99,6 +99,10 @@ def test_chance_scores_each_prompts_samples_against_another_prompts_problem(tok,
     assert verdict(0.5, knowing, knowing, levels=True, thin_share=0.25)[0] == "ready"
     assert measure(FixedEngine(tok, ["42"]), tok, problems, verifiers(specs), n=2, temperature=1.0,
                    max_new_tokens=8).decoy is None  # only where asked: it costs a verifier call per sample
+    summary = evaluate(FixedEngine(tok, ["42"]), tok, problems, verifiers(specs), k=1, max_new_tokens=8,
+                       chance=True)["summary"]  # greedy: a? c? right, and b?'s and d?'s 42 right for their decoys
+    assert summary["pass@1"] == summary["chance_pass@1"] == 0.5 and summary["above_chance"] == 0.0
+    assert summary["above_chance_se"] == pytest.approx(math.sqrt(4 / 3 / 4)) and summary["lucky"] == 1.0
 
 
 def test_verdict_names_the_likely_remedy():

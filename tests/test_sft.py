@@ -138,3 +138,29 @@ def test_a_kill_while_final_is_written_leaves_no_finished_run(tmp_path, sft_mode
     final = run.save_final(model, tok)
     assert final == run.path / "final" and not (run.path / ".tmp-final").exists()
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in final.iterdir()}
+
+
+def test_the_stop_rule_ignores_a_pass_rate_that_luck_reaches(tmp_path, monkeypatch):
+    """stop_at_pass_rate 0.2: held-out evals (every step) of 0.25 whose answers score as well against other
+    prompts' problems (lucky) do not stop the run; the first one above chance (step 3) does."""
+    import json
+
+    from slide import sft
+    from slide.config import SFTConfig, dump_config, load_config
+    from slide.rundir import RunDir
+    calls = []
+
+    def evaluate(*args, chance=False, **kw):
+        calls.append(chance)
+        lucky = float(len(calls) < 3)
+        return {"summary": {"pass@1": 0.25, "chance_pass@1": 0.25 if lucky else 0.0, "lucky": lucky}, "rows": []}
+
+    monkeypatch.setattr(sft, "evaluate", evaluate)
+    cfg = load_config(SFTConfig, None, ["data=arithmetic:1", "steps=6", "batch_tokens=512", "seq_len=128",
+                                        "eval_prompts=4", "eval_every=1", "stop_at_pass_rate=0.2", "save_every=0",
+                                        f"out_dir={tmp_path}", "name=run"])
+    run = RunDir.create(cfg.out_dir, cfg.name, dump_config(cfg), tensorboard=False)
+    sft.run(cfg, run)
+    rows = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and calls == [True, True, True]
+    assert [r["eval_lucky"] for r in rows] == [1.0, 1.0, 0.0] and rows[0]["eval_chance_pass@1"] == 0.25

@@ -17,6 +17,7 @@ from math import comb
 from slide.agent.episode import AgentSample, episode_stats
 from slide.config import AgentSpec
 from slide.engine.inprocess import SamplingParams
+from slide.eval.chance import above_chance, decoy_correct, lucky
 from slide.errors import UserError
 from slide.model.tokenizer import stop_token_ids
 from slide.rl.reward import RewardRunner, by_family
@@ -38,11 +39,13 @@ def verifiers(specs) -> dict:
 
 def evaluate(engine, tokenizer, problems: list[Problem], verify: dict, k: int = 1, temperature: float = 1.0,
              max_new_tokens: int = 96, thinking: bool = True, timeout_s: float = 5.0, generator=None,
-             agent: AgentSpec = AgentSpec(), n: int | None = None, ks: tuple[int, ...] = ()) -> dict:
+             agent: AgentSpec = AgentSpec(), n: int | None = None, ks: tuple[int, ...] = (),
+             chance: bool = False) -> dict:
     """{"k", "n", "ks", "summary": {"pass@1": .., "pass@j": .. per j in ks, "avg@n" (n > 1), "<family>/L<level>/pass@1":
     ..}, "rows": [per family/level]}. n samples per problem (default k), scored at pass@j for j in ks (default k).
     Agentic families run whole episodes (tools included) under `agent`'s limits; their summary adds the
-    tool-call success rate."""
+    tool-call success rate. With `chance`, the summary adds chance_pass@1 (the same answers scored against other
+    prompts' problems, slide/eval/chance.py), above_chance and its standard error, and lucky (1.0: mostly luck)."""
     n = n or k
     ks = tuple(sorted(set(ks or (k,)) | {1}))
     if ks[-1] > n:
@@ -55,6 +58,10 @@ def evaluate(engine, tokenizer, problems: list[Problem], verify: dict, k: int = 
     for problem, group in zip(problems, groups):
         cells[(problem.family, problem.level)].append(sum(s.reward >= 1.0 for s in group))
     rows, summary = score_cells(cells, n, ks)
+    if chance and (c := above_chance([sum(s.reward >= 1.0 for s in g) for g in groups],
+                                     decoy_correct(reward, tokenizer, problems, groups), n)):
+        summary.update({"chance_pass@1": c[1], "above_chance": c[0] - c[1], "above_chance_se": c[2],
+                        "lucky": float(lucky(*c))})
     samples = [s for g in groups for s in g]
     summary["response_len_mean"] = sum(len(s.response_ids) for s in samples) / max(1, len(samples))
     calls = [s for s in samples if isinstance(s, AgentSample)]

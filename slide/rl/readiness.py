@@ -21,15 +21,12 @@ and says what to do when the signal is thin: more SFT (nothing is ever right), a
 """
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from dataclasses import dataclass
 
-from slide.agent.families import is_agentic
 from slide.config import AgentSpec
 from slide.engine.inprocess import SamplingParams
+from slide.eval.chance import above_chance, decoy_correct, lucky
 from slide.eval.passk import pass_at_k
-from slide.model.chat import chat_format
 from slide.model.tokenizer import stop_token_ids
 from slide.rl.data import PromptSource
 from slide.rl.reward import RewardRunner, by_family
@@ -46,21 +43,6 @@ def training_sample(specs, count: int, seed: int, held_out: list[Problem] = ()) 
         if p.key not in seen and len(out) < count:
             seen.add(p.key)
             out.append(p)
-    return out
-
-
-def decoys(problems: list[Problem]) -> list[int | None]:
-    """For each problem, the index of another single-turn problem of the same family and level to score its
-    answers against (the next of that bucket, cyclically: a fixed derangement); None where there is none."""
-    buckets = defaultdict(list)
-    for i, p in enumerate(problems):
-        if not is_agentic(p):  # an episode's reward comes from its environment, not from its text alone
-            buckets[(p.family, p.level)].append(i)
-    out: list[int | None] = [None] * len(problems)
-    for members in buckets.values():
-        if len(members) > 1:
-            for i, j in zip(members, members[1:] + members[:1]):
-                out[i] = j
     return out
 
 
@@ -94,34 +76,21 @@ class Measured:
     def chance(self) -> tuple[float, float, float] | None:
         """(sampled pass@1, pass@1 scored against the decoys, standard error of their difference) over the prompts
         that have a decoy, or None. The difference is what the answers know about their own prompt."""
-        pairs = [(c / self.n, d / self.n) for c, d in zip(self.correct, self.decoy or []) if d >= 0]
-        if not pairs:
-            return None
-        diff = [a - b for a, b in pairs]
-        mean = sum(diff) / len(diff)
-        se = math.sqrt(sum((x - mean) ** 2 for x in diff) / (len(diff) - 1) / len(diff)) if len(diff) > 1 else 0.0
-        return sum(a for a, _ in pairs) / len(pairs), sum(b for _, b in pairs) / len(pairs), se
+        return above_chance(self.correct, self.decoy, self.n) if self.decoy else None
 
 
 def measure(engine, tok, problems: list[Problem], verify: dict, n: int, temperature: float, max_new_tokens: int,
             thinking: bool = True, agent: AgentSpec = AgentSpec(), generator=None,
             timeout_s: float = 5.0, chance: bool = False) -> Measured:
     """n samples per problem at `temperature` (0: one greedy answer each), rewarded by the run's verifiers; with
-    `chance`, each single-turn group is also scored against its decoy problem (`decoys`)."""
+    `chance`, each single-turn group is also scored against its decoy problem (slide/eval/chance.py)."""
     n = 1 if temperature == 0 else n
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens,
                             stop_token_ids=tuple(stop_token_ids(tok)))
     rollout = Rollout(engine, tok, params, n, RewardRunner(by_family(verify), timeout_s), thinking, agent)
     groups = rollout.groups(problems, generator=generator)
     rewards = [[s.reward for s in g] for g in groups]
-    decoy = None
-    if chance:
-        pairs = [(i, j) for i, j in enumerate(decoys(problems)) if j is not None]
-        cut = chat_format(tok).cut
-        scored = rollout.reward.score([(problems[j], [cut(s.response_text) for s in groups[i]]) for i, j in pairs])
-        decoy = [-1] * len(problems)
-        for (i, _), rs in zip(pairs, scored):
-            decoy[i] = sum(r >= 1.0 for r in rs)
+    decoy = decoy_correct(rollout.reward, tok, problems, groups) if chance else None
     return Measured(temperature, n, [sum(r >= 1.0 for r in rs) for rs in rewards],
                     [max(rs) != min(rs) for rs in rewards], decoy)
 
@@ -132,10 +101,9 @@ def has_levels(specs) -> bool:
 
 
 def guessing(at_t: Measured) -> bool:
-    """True when the samples score, against other prompts' problems, at least half as well as against their own
-    and not significantly (two standard errors) worse: their right answers are mostly luck."""
+    """True when the samples' right answers are mostly luck (slide/eval/chance.py)."""
     c = at_t.chance()
-    return c is not None and c[0] > 0 and c[1] >= c[0] / 2 and c[0] - c[1] <= 2 * c[2]
+    return c is not None and lucky(*c)
 
 
 def verdict(greedy: float, at_t: Measured, best: Measured, levels: bool, thin_share: float) -> tuple[str, str]:
@@ -144,11 +112,11 @@ def verdict(greedy: float, at_t: Measured, best: Measured, levels: bool, thin_sh
     carry one owe it to luck (`guessing`)."""
     share = at_t.share
     if share > 0 and guessing(at_t):
-        own, luck, _ = at_t.chance()
+        own, luck, se = at_t.chance()
         return "chance", (f"the samples score {luck:.0%} against other prompts' problems and {own:.0%} against their "
-                          f"own: the answers ignore the prompt, the {share:.0%} of groups with a reward signal owe "
-                          "it to luck and RL would reinforce guesses; try more SFT, or a base that holds the skill "
-                          "(a held-out pass rate this low can be luck too)")
+                          f"own ({own - luck:+.0%} +- {se:.0%}): their right answers are mostly luck, so much of the "
+                          f"{share:.0%} of groups with a reward signal rewards guesses; try more SFT, or a base that "
+                          "holds the skill")
     if share >= thin_share:
         return "ready", f"{share:.0%} of groups would carry a reward signal at temperature {at_t.temperature:g}"
     remedies = []
