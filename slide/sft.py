@@ -150,7 +150,7 @@ def run(cfg: SFTConfig, run_dir: RunDir, ckpt: Path | None = None, progress=None
             last = evaluate(engine, tok, held_out, verify, k=1, thinking=cfg.thinking, chance=True)
             run_dir.log_eval(step, last)
             metrics["eval_pass@1"] = last["summary"]["pass@1"]
-            metrics.update({f"eval_{k}": last["summary"][k] for k in ("chance_pass@1", "lucky") if k in last["summary"]})
+            metrics.update({f"eval_{k}": v for k, v in last["summary"].items() if k in ("chance_pass@1", "lucky")})
         run_dir.log_metrics(step, metrics)
         if progress:
             progress(step, metrics)

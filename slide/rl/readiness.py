@@ -173,7 +173,7 @@ def scores(report: dict) -> dict[float, tuple[float, float]]:
 
 
 def metrics(report: dict) -> dict[str, float]:
-    """The report as flat `ready/*` metrics (status: 1 ready, 0.5 thin, 0 none)."""
+    """The report as flat `ready/*` metrics (status: 1 ready, 0.5 thin, 0.25 chance, 0 none)."""
     flat = {f"ready/{k}": v for k, v in report.items() if isinstance(v, (int, float))}
     flat.update({f"ready/signal_share@{t:g}": m["signal_share"] for t, m in report["by_temperature"].items()})
     flat["ready/status"] = {"ready": 1.0, "thin": 0.5, "chance": 0.25, "none": 0.0}[report["status"]]
