@@ -18,7 +18,8 @@ family (lookup) learns its call format from an arithmetic cold start, as agent_s
 Writes OUT/FAMILY/summary.json and OUT/families.json; prints one row per family.
 
 Two before/after pairs per family: the demo's (before, after: the stop rule's own held-out prompts, biased, see
-fresh_eval) and a fresh one (fresh0, fresh1: 400 prompts neither the stop rule nor RL saw).
+fresh_eval) and a fresh one (fresh0, fresh1: 400 prompts neither the stop rule nor RL saw), with chance on the
+fresh prompts (fluck0, fluck1: the same answers scored against other prompts' problems, slide/eval/chance.py).
     python benchmarks/families.py --fresh-only --out runs/families --families base     # for finished runs
 """
 from __future__ import annotations
@@ -57,13 +58,17 @@ def fresh_eval(family: str, cold: Path, rl_run: Path, count: int, stop_prompts: 
     seen |= {json.loads(line)["prompt"] for line in (rl_run / "trajectories.jsonl").read_text().splitlines()}
     problems = [p for p in eval_problems(specs, 4 * count, 1) if p.prompt not in seen][:count]
     final = sorted((rl_run / "checkpoints").glob("step_*/model"))[-1]
-    scores = {}
+    scores, luck = {}, {}
     for name, folder in (("before", cold), ("after", final)):
         model, tok = load_with_tokenizer(str(folder), name, torch.float32, resolve_device(device))
-        scores[name] = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=1,
-                                max_new_tokens=96)["summary"]["pass@1"]
+        s = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=1,
+                     max_new_tokens=96, chance=True)["summary"]
+        scores[name] = s["pass@1"]
+        if "lucky" in s:  # single-turn families: the same answers scored against other prompts' problems
+            luck.update({f"fresh_chance_{name}": s["chance_pass@1"], f"fresh_lucky_{name}": s["lucky"]})
     return {"fresh_prompts": len(problems), "fresh_before": scores["before"], "fresh_after": scores["after"],
-            "fresh_gain_points": round(100 * (scores["after"] - scores["before"]), 1), "fresh_checkpoint": str(final)}
+            "fresh_gain_points": round(100 * (scores["after"] - scores["before"]), 1), "fresh_checkpoint": str(final),
+            **luck}
 
 
 def row(family: str, summary: dict) -> str:
@@ -72,6 +77,8 @@ def row(family: str, summary: dict) -> str:
             f"{summary['rl_gain_points']:+7.1f} {summary['rl_pass@1_last3_mean']:7.3f} "
             f"{summary.get('fresh_before', float('nan')):7.3f} {summary.get('fresh_after', float('nan')):7.3f} "
             f"{summary.get('fresh_gain_points', float('nan')):+7.1f} "
+            f"{summary.get('fresh_chance_before', float('nan')):6.3f} "
+            f"{summary.get('fresh_chance_after', float('nan')):6.3f} "
             f"{r.get('greedy_pass@1', float('nan')):7.3f} {r.get('sampled_pass@1', float('nan')):7.3f} "
             f"{r.get('chance_pass@1', float('nan')):7.3f} {r.get('signal_share', float('nan')):7.3f} "
             f"{r.get('status', '-'):>6s} {str(r.get('chosen_temperature', '-')):>5s} "
@@ -79,7 +86,7 @@ def row(family: str, summary: dict) -> str:
 
 
 HEADER = (f"{'family':9s} {'sft':>5s} {'before':>7s} {'after':>7s} {'gain':>7s} {'last3':>7s} "
-          f"{'fresh0':>7s} {'fresh1':>7s} {'fgain':>7s} "
+          f"{'fresh0':>7s} {'fresh1':>7s} {'fgain':>7s} {'fluck0':>6s} {'fluck1':>6s} "
           f"{'greedy':>7s} {'sampled':>7s} {'chance':>7s} {'signal':>7s} {'status':>6s} {'T':>5s} {'curric':>9s} "
           f"{'sftmin':>6s} {'rlmin':>6s}")
 

@@ -179,7 +179,8 @@ def cmd_eval(a) -> None:
     specs = parse_task_specs(data)
     problems = eval_problems(specs, a.prompts, a.seed)
     result = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=max(a.k),
-                      n=a.n, ks=tuple(a.k), temperature=a.temperature, max_new_tokens=a.max_new_tokens)
+                      n=a.n, ks=tuple(a.k), temperature=a.temperature, max_new_tokens=a.max_new_tokens,
+                      chance=a.chance)
     print_eval(result)
     out = Path(a.out or Path(a.model) / "eval.json")
     out.write_text(json.dumps({"model": a.model, "data": data, **result}, indent=2))
@@ -291,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=96)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", help="JSON output (default MODEL/eval.json)")
+    e.add_argument("--chance", action="store_true",
+                   help="also score every answer against another prompt's problem of its family and level: the pass "
+                        "rate guesses reach (chance_pass@1; lucky when pass@1 is mostly that)")
     add_device_arguments(e)
     e.set_defaults(fn=cmd_eval)
     rd = sub.add_parser("ready", help="readiness for RL: sampled pass rates and the share of groups with a signal")

@@ -22,7 +22,7 @@ from slide.device import memory_metrics, precision_for, resolve_device
 from slide.engine import DTYPES
 from slide.engine.inprocess import InProcessEngine
 from slide.errors import UserError
-from slide.eval.passk import evaluate, verifiers
+from slide.eval.passk import eval_metrics, evaluate, verifiers
 from slide.model.load import load_policy
 from slide.model.lora import add_lora, has_lora, save_adapter
 from slide.model.tiny import ExpertLoad
@@ -149,8 +149,7 @@ def run(cfg: SFTConfig, run_dir: RunDir, ckpt: Path | None = None, progress=None
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             last = evaluate(engine, tok, held_out, verify, k=1, thinking=cfg.thinking, chance=True)
             run_dir.log_eval(step, last)
-            metrics["eval_pass@1"] = last["summary"]["pass@1"]
-            metrics.update({f"eval_{k}": v for k, v in last["summary"].items() if k in ("chance_pass@1", "lucky")})
+            metrics.update(eval_metrics(last["summary"]))
         run_dir.log_metrics(step, metrics)
         if progress:
             progress(step, metrics)

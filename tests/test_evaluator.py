@@ -33,6 +33,7 @@ def check_eval_log(cfg, path) -> list[dict]:
         at = by_step[e["logged_at"]]
         assert at["eval_version"] >= e["step"] and at["eval_lag_steps"] == e["logged_at"] - at["eval_version"]
     assert rows[-1]["eval_version"] == cfg.steps and rows[-1]["eval_pass@1"] == evals[-1]["summary"]["pass@1"]
+    assert rows[-1]["eval_chance_pass@1"] == evals[-1]["summary"]["chance_pass@1"]  # chance comes along, either way
     return rows
 
 

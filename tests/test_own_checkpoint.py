@@ -77,8 +77,14 @@ def test_sft_rl_and_eval_run_on_every_style(style, tmp_path):
     sync.run(cfg, run)
     saved = run.path / "checkpoints" / "step_000002" / "model"
     assert same_tokenizer(saved, folder)
-    r = cli("eval", "--model", str(saved), "--data", "arithmetic:1", "--prompts", "4", "--out", str(tmp_path / "e.json"))
+    last = json.loads((run.path / "metrics.jsonl").read_text().splitlines()[-1])  # the last step's eval, chance
+    scored = json.loads((run.path / "eval.jsonl").read_text().splitlines()[-1])["summary"]  # included, as logged
+    assert last["eval_pass@1"] == scored["pass@1"] and last["eval_chance_pass@1"] == scored["chance_pass@1"]
+    r = cli("eval", "--model", str(saved), "--data", "arithmetic:1", "--prompts", "4", "--out", str(tmp_path / "e.json"),
+            "--chance")
     assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "e.json").read_text())["summary"]
+    assert {"chance_pass@1", "above_chance", "above_chance_se", "lucky"} <= set(summary) and "chance (" in r.stdout
 
 
 def test_tool_use_sft_and_rl_on_a_hermes_checkpoint(ckpt, tmp_path):

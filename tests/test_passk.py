@@ -35,6 +35,10 @@ def test_before_after_table_gives_the_change_in_points(capsys):
     rows = {line.split("│")[2].strip(): line for line in capsys.readouterr().out.splitlines() if line.count("│") > 5}
     # level 1: 0.50 -> 0.55 = +5.0 points; level 2: 0.25 -> 0.38 = +13.0; all 200: 0.375 -> 0.465 = +9.0
     assert "+5.0" in rows["1"] and "+13.0" in rows["2"] and "+9.0" in rows[""]
+    before["summary"] |= {"chance_pass@1": 0.3, "lucky": 1.0}  # evaluated with chance: the line under the table
+    after["summary"] |= {"chance_pass@1": 0.05, "lucky": 0.0}
+    print_before_after(before, after, ("SFT", "RL"), title="t")
+    assert capsys.readouterr().out.splitlines()[-1] == "chance: SFT 0.300, RL 0.050  [SFT lucky: mostly guesses]"
 
 
 def test_pass_at_j_and_avg_from_n_samples_hand_values():
@@ -51,12 +55,13 @@ def test_pass_at_j_and_avg_from_n_samples_hand_values():
     assert summary["arithmetic/L2/pass@1"] == 0.75
 
 
-def test_evaluate_samples_n_and_scores_every_k(tok):
+def test_evaluate_samples_n_and_scores_every_k(tok, capsys):
     """evaluate() end to end on an engine that answers problem i right in its first `right[i]` samples."""
     import random
 
     from slide.engine.inprocess import Completion
-    from slide.eval.passk import evaluate
+    from slide.eval.passk import eval_metrics, evaluate
+    from slide.eval.table import print_eval
     from slide.model.tokenizer import stop_token_ids
     from slide.tasks import Arithmetic
     task, rng = Arithmetic(), random.Random(0)
@@ -75,12 +80,20 @@ def test_evaluate_samples_n_and_scores_every_k(tok):
                        for t in texts]
                 out.append([Completion(x, [0.0] * len(x), "stop") for x in ids])
             return out
-    result = evaluate(Answers(), tok, problems, {"arithmetic": task.verify}, n=4, ks=(2, 4))
+    result = evaluate(Answers(), tok, problems, {"arithmetic": task.verify}, n=4, ks=(2, 4), chance=True)
     s = result["summary"]
     assert result["ks"] == [1, 2, 4] and result["n"] == 4 and result["k"] == 4
     assert s["pass@1"] == s["avg@4"] == 0.5  # (3/4 + 1/4) / 2
     assert abs(s["pass@2"] - (1.0 + 0.5) / 2) < 1e-12  # 3 right: 1; 1 right: 1 - C(3,2)/C(4,2) = 1/2
     assert s["pass@4"] == 1.0
+    # chance: each problem's samples scored against the other's (both level 1); their answers differ and neither
+    # is -1, so no sample is right for the decoy. Per-problem differences 3/4 and 1/4: mean 1/2, se sqrt(1/8 / 2)
+    assert problems[0].answer != problems[1].answer and "-1" not in (problems[0].answer, problems[1].answer)
+    assert s["chance_pass@1"] == 0.0 and s["above_chance"] == 0.5 and abs(s["above_chance_se"] - 0.25) < 1e-12
+    assert s["lucky"] == 0.0 and eval_metrics(s) == {"eval_pass@1": 0.5, "eval_chance_pass@1": 0.0, "eval_lucky": 0.0}
+    print_eval(result)
+    assert "chance (the answers scored against other prompts' problems): 0.000; pass@1 above it: +0.500 +- 0.250" \
+        in " ".join(capsys.readouterr().out.split())
 
 
 def test_eval_refuses_fewer_samples_than_k(capsys, tmp_path):

@@ -66,3 +66,10 @@ def lucky(own: float, luck: float, se: float, z: float = 2.0) -> bool:
     """True when the answers are right against other prompts' problems at least half as often as against their
     own, and not `z` standard errors less: their right answers are mostly luck."""
     return own > 0 and luck >= own / 2 and own - luck <= z * se
+
+
+def chance_line(d: dict, what: str = "pass@1", of: str = "answers") -> str:
+    """The one line a report prints from chance_pass@1, above_chance and above_chance_se (and lucky, if given)."""
+    flag = "  [lucky: mostly guesses]" if d.get("lucky") else ""
+    return (f"chance (the {of} scored against other prompts' problems): {d['chance_pass@1']:.3f}; {what} above it: "
+            f"{d['above_chance']:+.3f} +- {d['above_chance_se']:.3f}{flag}")

@@ -71,6 +71,12 @@ def evaluate(engine, tokenizer, problems: list[Problem], verify: dict, k: int = 
     return {"k": ks[-1], "n": n, "ks": list(ks), "summary": summary, "rows": rows, **counts}
 
 
+def eval_metrics(summary: dict) -> dict:
+    """A run's step metrics from an evaluation's summary: eval_pass@1, and where chance was scored,
+    eval_chance_pass@1 and eval_lucky (1.0: the pass rate is mostly luck)."""
+    return {f"eval_{k}": summary[k] for k in ("pass@1", "chance_pass@1", "lucky") if k in summary}
+
+
 def score_cells(cells: dict[tuple[str, int], list[int]], n: int, ks: tuple[int, ...]) -> tuple[list[dict], dict]:
     """(rows, summary) from the correct counts of each problem (n samples each) per (family, level): pass@j per j
     in ks (1 included) per cell and over all problems, avg@n when n > 1; each problem weighs the same."""

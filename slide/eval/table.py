@@ -4,6 +4,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from slide.eval.chance import chance_line
+
 
 def _columns(result: dict) -> list[str]:
     """The score columns of a result: pass@j for each j scored (1 first), then avg@n when n > 1."""
@@ -27,6 +29,9 @@ def print_eval(result: dict, title: str = "evaluation") -> None:
     for (family, level), (prompts, scores) in _cells(result).items():
         table.add_row(family, level, str(prompts), *(f"{v:.3f}" for v in scores))
     Console().print(table)
+    s = result["summary"]
+    if "chance_pass@1" in s:  # evaluate(chance=True): what the same answers score against other prompts' problems
+        Console().print(chance_line(s))
     incidents = {k: v for k, v in result.items() if k.startswith("reward_") and v}
     if incidents:  # responses scored 0 without a verdict: verifier errors, timeouts, answers refused by the guard
         Console().print("scored 0 without a verdict: " + ", ".join(f"{k} {v}" for k, v in sorted(incidents.items())))
@@ -42,3 +47,8 @@ def print_before_after(before: dict, after: dict, labels: tuple[str, str], title
         p_after = b[key][1][0] if key in b else float("nan")
         table.add_row(*key, str(prompts), f"{p_before:.3f}", f"{p_after:.3f}", f"{100 * (p_after - p_before):+.1f}")
     Console().print(table)
+    luck = [r["summary"].get("chance_pass@1") for r in (before, after)]
+    if None not in luck:  # the same answers scored against other prompts' problems: what guessing reaches
+        Console().print(f"chance: {labels[0]} {luck[0]:.3f}, {labels[1]} {luck[1]:.3f}"
+                        + "".join(f"  [{label} lucky: mostly guesses]" for label, r in zip(labels, (before, after))
+                                  if r["summary"].get("lucky")))

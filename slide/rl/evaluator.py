@@ -31,7 +31,7 @@ from slide.cluster.weights import receive
 from slide.config import RLConfig
 from slide.device import precision_for, resolve_device
 from slide.engine import close_engine, make_engine, set_threads
-from slide.eval.passk import verifiers
+from slide.eval.passk import eval_metrics, verifiers
 from slide.model.load import load_policy
 from slide.model.tokenizer import tokenizer_for
 from slide.rl.parts import held_out_eval
@@ -114,7 +114,7 @@ class InlineEval:
         for version, result, seconds in done:
             run_dir.log_eval(version, result | {"logged_at": step})
             self.last = result
-            out.update({"eval_pass@1": result["summary"]["pass@1"], "eval_version": version,
+            out.update({**eval_metrics(result["summary"]), "eval_version": version,
                         "eval_lag_steps": step - version, "time/evaluator_s": seconds})
         return out
 

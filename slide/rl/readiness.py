@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from slide.config import AgentSpec
 from slide.engine.inprocess import SamplingParams
-from slide.eval.chance import above_chance, decoy_correct, lucky
+from slide.eval.chance import above_chance, chance_line, decoy_correct, lucky
 from slide.eval.passk import pass_at_k
 from slide.model.tokenizer import stop_token_ids
 from slide.rl.data import PromptSource
@@ -194,8 +194,7 @@ def print_report(report: dict, title: str = "readiness for RL", stderr: bool = F
     console = Console(stderr=stderr)
     console.print(table)
     if "chance_pass@1" in report:
-        console.print(f"chance (the samples scored against other prompts' problems): {report['chance_pass@1']:.3f}; "
-                      f"sampled pass@1 above it: {report['above_chance']:+.3f} +- {report['above_chance_se']:.3f}")
+        console.print(chance_line(report, "sampled pass@1", "samples"))
     console.print(f"{report['status']}: {report['advice']}")
 
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 from slide.config import RLConfig
 from slide.device import memory_metrics
 from slide.engine import close_engine, sleep_engine
+from slide.eval.passk import eval_metrics
 from slide.rl.metrics import Timer, step_metrics
 from slide.rl.curriculum import successes
 from slide.rl.parts import build
@@ -94,7 +95,7 @@ def _train(cfg: RLConfig, run_dir: RunDir, p, engine, dog: Watchdog, progress) -
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             with timer("eval"):
                 last_eval = p.evaluate(engine, cfg, run_dir, step)
-            metrics["eval_pass@1"] = last_eval["summary"]["pass@1"]
+            metrics.update(eval_metrics(last_eval["summary"]))
         with timer("temperature"):  # on a reward plateau, re-pick the temperature on held-out prompts
             metrics.update(p.temperature.after_step(metrics.get("reward_mean"),
                                                     lambda t: p.score_temperature(engine, cfg, t), step,
