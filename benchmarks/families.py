@@ -44,7 +44,9 @@ def fresh_eval(family: str, cold: Path, rl_run: Path, count: int, stop_prompts: 
 
     The demo's own before/after uses the stop rule's prompts: SFT stops at the first check at or above --stop-at,
     so a check that crossed the line by noise (+-4.5 points at 100 prompts) sets "before" too high, and RL's gain
-    too low. Fewer than `count` where a family's problem space is small (then `prompts` says how many)."""
+    too low. Fewer than `count` where a family's problem space is small (then `prompts` says how many); the
+    small levels of such a family may be used up by RL's prompts, so `fresh_levels` gives prompts and pass@1 per
+    level."""
     import torch
 
     from slide.device import resolve_device
@@ -58,17 +60,20 @@ def fresh_eval(family: str, cold: Path, rl_run: Path, count: int, stop_prompts: 
     seen |= {json.loads(line)["prompt"] for line in (rl_run / "trajectories.jsonl").read_text().splitlines()}
     problems = [p for p in eval_problems(specs, 4 * count, 1) if p.prompt not in seen][:count]
     final = sorted((rl_run / "checkpoints").glob("step_*/model"))[-1]
-    scores, luck = {}, {}
+    scores, luck, levels = {}, {}, {}
     for name, folder in (("before", cold), ("after", final)):
         model, tok = load_with_tokenizer(str(folder), name, torch.float32, resolve_device(device))
-        s = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=1,
-                     max_new_tokens=96, chance=True)["summary"]
+        e = evaluate(InProcessEngine(model, tok.pad_token_id), tok, problems, verifiers(specs), k=1,
+                     max_new_tokens=96, chance=True)
+        s = e["summary"]
         scores[name] = s["pass@1"]
+        for r in e["rows"]:
+            levels.setdefault(str(r["level"]), {"prompts": r["prompts"]})[name] = r["pass@1"]
         if "lucky" in s:  # single-turn families: the same answers scored against other prompts' problems
             luck.update({f"fresh_chance_{name}": s["chance_pass@1"], f"fresh_lucky_{name}": s["lucky"]})
     return {"fresh_prompts": len(problems), "fresh_before": scores["before"], "fresh_after": scores["after"],
             "fresh_gain_points": round(100 * (scores["after"] - scores["before"]), 1), "fresh_checkpoint": str(final),
-            **luck}
+            "fresh_levels": levels, **luck}
 
 
 def row(family: str, summary: dict) -> str:
@@ -130,8 +135,8 @@ def main() -> None:
         if a.fresh_only:
             s = results[family]
             s.update(fresh_eval(family, Path(s.get("sft_dir", Path(a.sft_from or out) / family / "sft")) / "final",
-                                Path(s.get("rl_dir", out / family / "rl")), a.fresh_prompts, a.eval_prompts or 200,
-                                a.device))
+                                Path(s.get("rl_dir", out / family / "rl")), a.fresh_prompts,
+                                s.get("eval_prompts", a.eval_prompts or 200), a.device))
             (out / "families.json").write_text(json.dumps(results, indent=2))
             print(HEADER + "\n" + row(family, results[family]), flush=True)
             continue
@@ -156,9 +161,10 @@ def main() -> None:
             sft, rl = sft + [f"eval_prompts={a.eval_prompts}"], rl + [f"data.eval_prompts={a.eval_prompts}"]
         summary = run_demo(str(out / family), quick=a.quick, device=a.device, sft_overrides=sft, rl_overrides=rl,
                            sft_from=str(Path(a.sft_from) / family) if a.sft_from else None)
+        summary["eval_prompts"] = a.eval_prompts or 200  # the stop rule's prompts, which fresh prompts avoid
         if a.fresh_prompts and not a.quick:
             summary.update(fresh_eval(family, Path(summary["sft_dir"]) / "final", Path(summary["rl_dir"]),
-                                      a.fresh_prompts, a.eval_prompts or 200, a.device))
+                                      a.fresh_prompts, summary["eval_prompts"], a.device))
         summary["load_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         results[family] = summary
         out.mkdir(parents=True, exist_ok=True)
