@@ -76,6 +76,38 @@ def test_synth_same_seed_same_file(tmp_path):
     assert set(rows[0]) == {"prompt", "answer", "level", "family", "meta", "corrupted"}
 
 
+def test_synth_held_out_is_distinct_spread_over_levels_and_never_in_training(tmp_path, capsys):
+    train, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    slide_data("synth", train, "--tasks", "base:1-2,sorting:1", "--n", 400, "--wrong-share", 0.5,
+               "--held-out", held, "--held-out-n", 30)
+    train_rows, held_rows = read_rows(str(train)), read_rows(str(held))
+    keys = [(r["prompt"], r["answer"]) for r in held_rows]
+    assert len(train_rows) == 400 and len(held_rows) == 30 and len(set(keys)) == 30
+    # three (family, level) pairs drawn in turn, ~ten each (a pair whose draw repeats an earlier one loses that
+    # turn: base level 1 has 42 problems); never corrupted
+    pairs = [(r["family"], r["level"]) for r in held_rows]
+    assert sorted(set(pairs)) == [("base", 1), ("base", 2), ("sorting", 1)]
+    assert all(8 <= pairs.count(p) <= 12 for p in set(pairs)) and not any(r["corrupted"] for r in held_rows)
+    # base level 1 has 14 numbers x 3 bases = 42 problems; 400 draws would hit its held-out ten ~30 times
+    assert not {r["prompt"] for r in train_rows} & {r["prompt"] for r in held_rows}
+    assert "30 distinct held-out rows, none of them in OUT" in capsys.readouterr().out
+    # the held-out draw is the run's held-out stream: the same seed gives the same file
+    slide_data("synth", tmp_path / "t2.jsonl", "--tasks", "base:1-2,sorting:1", "--n", 5, "--held-out",
+               tmp_path / "h2.jsonl", "--held-out-n", 30)
+    assert (tmp_path / "h2.jsonl").read_bytes() == held.read_bytes()
+
+
+def test_synth_held_out_bad_input(tmp_path):
+    out = tmp_path / "t.jsonl"
+    assert "--held-out" in one_line_error("synth", out, "--tasks", "base:1", "--n", 5, "--held-out", out)
+    assert "--held-out-n must be a positive integer" in one_line_error(
+        "synth", out, "--tasks", "base:1", "--n", 5, "--held-out", tmp_path / "h.jsonl", "--held-out-n", 0)
+    # all 42 problems of base level 1 held out: no training row can be drawn, and neither file is written
+    msg = one_line_error("synth", out, "--tasks", "base:1", "--n", 5, "--held-out", tmp_path / "h.jsonl",
+                         "--held-out-n", 100)
+    assert "held-out set covers" in msg and not out.exists() and not (tmp_path / "h.jsonl").exists()
+
+
 def test_wrong_share_exact_count_and_answers_really_wrong():
     spec, n = "arithmetic:1-3,countdown:1-2", 40
     problems = synth_problems(spec, n, seed=3)

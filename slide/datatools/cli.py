@@ -1,6 +1,6 @@
 """The `slide data` verbs; slide/cli.py registers them with `add_parser(subparsers)`.
 
-    slide data synth OUT --tasks SPEC --n N [--wrong-share F] [--seed S]
+    slide data synth OUT --tasks SPEC --n N [--wrong-share F] [--seed S] [--held-out FILE [--held-out-n M]]
     slide data measure IN OUT --model DIR --k K [--temperature T] [--max-new-tokens L]
                               [--prompts-per-batch B] [--seed S] [--device D] [--dtype auto|fp32|bf16]
     slide data filter IN OUT [--verified] [--min-pass-rate X] [--max-pass-rate Y] [--min-response-len N]
@@ -22,12 +22,22 @@ from slide.errors import UserError
 
 
 def cmd_synth(a) -> None:
-    from slide.datatools.synth import synth_rows
+    from slide.datatools.problems import problem_row
+    from slide.datatools.synth import held_out_problems, synth_rows
     check_output(a.out)
-    rows = synth_rows(a.tasks, a.n, a.wrong_share, a.seed)
+    held = []
+    if a.held_out is not None:
+        check_output(a.held_out)
+        if Path(a.held_out).resolve() == Path(a.out).resolve():
+            raise UserError(f"--held-out '{a.held_out}' is OUT; give the held-out rows a file of their own")
+        held = held_out_problems(a.tasks, a.held_out_n, a.seed)
+    rows = synth_rows(a.tasks, a.n, a.wrong_share, a.seed, exclude=held)
+    if held:  # both files are checked and drawn before either is written
+        write_rows([{**problem_row(p), "corrupted": False} for p in held], a.held_out)
     write_rows(rows, a.out)
     wrong = sum(r["corrupted"] for r in rows)
-    print(f"synth: {len(rows)} rows ({wrong} with a wrong answer) -> {a.out}")
+    also = f"; {len(held)} distinct held-out rows, none of them in OUT -> {a.held_out}" if held else ""
+    print(f"synth: {len(rows)} rows ({wrong} with a wrong answer) -> {a.out}{also}")
 
 
 def cmd_measure(a) -> None:
@@ -97,6 +107,9 @@ def add_parser(subparsers) -> None:
     s.add_argument("--n", type=int, required=True, help="number of rows")
     s.add_argument("--wrong-share", type=float, default=0.0, help="share of rows given a wrong answer (0..1)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--held-out", metavar="FILE", help="also write distinct held-out rows here, none of them in OUT "
+                   "(drawn in turn from each family's levels; right answers only)")
+    s.add_argument("--held-out-n", type=int, default=200, help="held-out rows (fewer where a level has fewer problems)")
     s.set_defaults(fn=cmd_synth)
 
     m = verbs.add_parser("measure", help="sample K responses per row: pass_rate, pass@j, response_len_mean")
