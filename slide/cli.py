@@ -182,6 +182,8 @@ def cmd_eval(a) -> None:
                       n=a.n, ks=tuple(a.k), temperature=a.temperature, max_new_tokens=a.max_new_tokens,
                       chance=a.chance)
     print_eval(result)
+    if a.chance and "chance_pass@1" not in result["summary"]:
+        print("chance: not scored (it needs single-turn prompts, at least two of one family and level)")
     out = Path(a.out or Path(a.model) / "eval.json")
     out.write_text(json.dumps({"model": a.model, "data": data, **result}, indent=2))
     print(f"written: {out}")

@@ -314,6 +314,9 @@ class RLConfig(Section):
     seed: int = 0
     steps: int = Field(50, ge=1)
     eval_every: int = Field(10, ge=0, description="0 = only at the end")
+    eval_chance: bool = Field(True, description="held-out evals also score each answer against another prompt's "
+                              "problem (eval_chance_pass@1, eval_lucky; slide/eval/chance.py): one more verifier "
+                              "call per answer (a sandbox run for code)")
     save_every: int = Field(10, ge=1)
     threads: int = Field(0, ge=0, description="torch threads; 0 = torch's default (one per physical core)")
     device: Device = Field("auto", description=DEVICE_HELP + "; async workers each resolve it (a share of the GPUs)")

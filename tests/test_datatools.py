@@ -100,6 +100,8 @@ def test_synth_held_out_is_distinct_spread_over_levels_and_never_in_training(tmp
 def test_synth_held_out_bad_input(tmp_path):
     out = tmp_path / "t.jsonl"
     assert "--held-out" in one_line_error("synth", out, "--tasks", "base:1", "--n", 5, "--held-out", out)
+    assert "--held-out-n needs --held-out" in one_line_error("synth", out, "--tasks", "base:1", "--n", 5,
+                                                             "--held-out-n", 10)
     assert "--held-out-n must be a positive integer" in one_line_error(
         "synth", out, "--tasks", "base:1", "--n", 5, "--held-out", tmp_path / "h.jsonl", "--held-out-n", 0)
     # all 42 problems of base level 1 held out: no training row can be drawn, and neither file is written

@@ -94,6 +94,20 @@ def test_evaluate_samples_n_and_scores_every_k(tok, capsys):
     print_eval(result)
     assert "chance (the answers scored against other prompts' problems): 0.000; pass@1 above it: +0.500 +- 0.250" \
         in " ".join(capsys.readouterr().out.split())
+    # a verifier that raises on another problem's right answer (only the decoy verdicts see one): the eval's
+    # own counts stay clean, and a decoy verdict that raised scores 0
+    result = evaluate(Answers(), tok, problems, {"arithmetic": raises_on_another_answer}, n=4, chance=True)
+    assert result["reward_errors"] == 0 and result["summary"]["chance_pass@1"] == 0.0
+    assert result["summary"]["pass@1"] == 0.5
+
+
+def raises_on_another_answer(problem, response: str) -> float:
+    """Arithmetic's verdict, but a response that is neither the problem's answer nor -1 raises."""
+    from slide.tasks import Arithmetic
+    from slide.tasks.answer import final_answer
+    if final_answer(response).strip() not in (problem.answer, "-1"):
+        raise ValueError("a decoy's verdict")
+    return Arithmetic().verify(problem, response)
 
 
 def test_eval_refuses_fewer_samples_than_k(capsys, tmp_path):

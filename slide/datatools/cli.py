@@ -26,15 +26,21 @@ def cmd_synth(a) -> None:
     from slide.datatools.synth import held_out_problems, synth_rows
     check_output(a.out)
     held = []
+    if a.held_out is None and a.held_out_n is not None:
+        raise UserError("--held-out-n needs --held-out FILE (where the held-out rows go)")
     if a.held_out is not None:
         check_output(a.held_out)
         if Path(a.held_out).resolve() == Path(a.out).resolve():
             raise UserError(f"--held-out '{a.held_out}' is OUT; give the held-out rows a file of their own")
-        held = held_out_problems(a.tasks, a.held_out_n, a.seed)
+        held = held_out_problems(a.tasks, 200 if a.held_out_n is None else a.held_out_n, a.seed)
     rows = synth_rows(a.tasks, a.n, a.wrong_share, a.seed, exclude=held)
-    if held:  # both files are checked and drawn before either is written
-        write_rows([{**problem_row(p), "corrupted": False} for p in held], a.held_out)
-    write_rows(rows, a.out)
+    write_rows(rows, a.out)  # both files are checked and drawn before either is written
+    if held:
+        try:
+            write_rows([{**problem_row(p), "corrupted": False} for p in held], a.held_out)
+        except BaseException:  # one file without the other would look like a finished split
+            Path(a.out).unlink(missing_ok=True)
+            raise
     wrong = sum(r["corrupted"] for r in rows)
     also = f"; {len(held)} distinct held-out rows, none of them in OUT -> {a.held_out}" if held else ""
     print(f"synth: {len(rows)} rows ({wrong} with a wrong answer) -> {a.out}{also}")
@@ -109,7 +115,8 @@ def add_parser(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--held-out", metavar="FILE", help="also write distinct held-out rows here, none of them in OUT "
                    "(drawn in turn from each family's levels; right answers only)")
-    s.add_argument("--held-out-n", type=int, default=200, help="held-out rows (fewer where a level has fewer problems)")
+    s.add_argument("--held-out-n", type=int, default=None, help="held-out rows (default 200; fewer where a level "
+                   "has fewer problems)")
     s.set_defaults(fn=cmd_synth)
 
     m = verbs.add_parser("measure", help="sample K responses per row: pass_rate, pass@j, response_len_mean")

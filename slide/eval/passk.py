@@ -58,22 +58,24 @@ def evaluate(engine, tokenizer, problems: list[Problem], verify: dict, k: int = 
     for problem, group in zip(problems, groups):
         cells[(problem.family, problem.level)].append(sum(s.reward >= 1.0 for s in group))
     rows, summary = score_cells(cells, n, ks)
+    counts = {k: v for k, v in reward.pop_stats().items() if not k.startswith("time/")}  # eval.jsonl: no timings
     if chance and (c := above_chance([sum(s.reward >= 1.0 for s in g) for g in groups],
                                      decoy_correct(reward, tokenizer, problems, groups), n)):
         summary.update({"chance_pass@1": c[1], "above_chance": c[0] - c[1], "above_chance_se": c[2],
                         "lucky": float(lucky(*c))})
+    reward.pop_stats()  # the decoy verdicts' errors and timeouts are not the answers' own
     samples = [s for g in groups for s in g]
     summary["response_len_mean"] = sum(len(s.response_ids) for s in samples) / max(1, len(samples))
     calls = [s for s in samples if isinstance(s, AgentSample)]
     if calls:
         summary["tool_call_success_rate"] = episode_stats([calls])["tool_call_success_rate"]
-    counts = {k: v for k, v in reward.pop_stats().items() if not k.startswith("time/")}  # eval.jsonl: no timings
     return {"k": ks[-1], "n": n, "ks": list(ks), "summary": summary, "rows": rows, **counts}
 
 
 def eval_metrics(summary: dict) -> dict:
     """A run's step metrics from an evaluation's summary: eval_pass@1, and where chance was scored,
-    eval_chance_pass@1 and eval_lucky (1.0: the pass rate is mostly luck)."""
+    eval_chance_pass@1 and eval_lucky (1.0: the pass rate is mostly luck). Chance covers the single-turn prompts
+    with a decoy (agentic families have none), so in a mixed suite it is not over the same prompts as pass@1."""
     return {f"eval_{k}": summary[k] for k in ("pass@1", "chance_pass@1", "lucky") if k in summary}
 
 

@@ -9,7 +9,7 @@ The actor builds its engine as the rollout workers do (the architecture from mod
 buckets through the object store) and scores greedy pass@1 through the same function as the inline eval
 (slide/rl/parts.py held_out_eval), so a version scores the same either way. eval.jsonl rows are keyed by the
 version scored (`step`) and carry `logged_at`, the step whose metrics show the result (`eval_pass@1`,
-`eval_version`, `eval_lag_steps`).
+`eval_chance_pass@1`, `eval_lucky`, `eval_version`, `eval_lag_steps`).
 
 Bounded: one eval runs, one waits; a newer version replaces the waiting one (counted in `eval_skipped`).
 Failures are data: an evaluator that dies is replaced and its version scored again (`eval_failures`); after
@@ -107,7 +107,8 @@ class InlineEval:
 
     def collect(self, run_dir, step: int, wait_below: int = 0) -> dict:
         """Log the evals finished by now (waiting for every version < wait_below) to eval.jsonl; the step's
-        eval metrics: the newest result's pass@1, version and lag, the evaluator's seconds, and the counts."""
+        eval metrics: the newest result's pass@1 (and chance), version and lag, the evaluator's seconds, and the
+        counts."""
         done = sorted(self.poll(wait_below), key=lambda r: r[0])
         out = dict(self.counts)  # skipped, failed, fallen back: counted this step
         self.counts.clear()

@@ -132,10 +132,10 @@ class Parts:
 
 def held_out_eval(engine, tok, held_out: list[Problem], verify: dict, cfg: RLConfig) -> dict:
     """The runs' periodic eval: greedy pass@1 on the held-out problems with `engine`'s weights, and chance (the
-    same answers scored against other prompts' problems, slide/eval/chance.py) so a gain that luck explains says so
-    (both drivers, and async mode's background evaluator, score through this one function)."""
+    same answers scored against other prompts' problems, slide/eval/chance.py; `eval_chance`) so a gain that luck
+    explains says so (both drivers, and async mode's background evaluator, score through this one function)."""
     return evaluate(engine, tok, held_out, verify, k=1, max_new_tokens=cfg.rollout.max_new_tokens,
-                    thinking=cfg.rollout.thinking, agent=cfg.agent, chance=True)
+                    thinking=cfg.rollout.thinking, agent=cfg.agent, chance=cfg.eval_chance)
 
 
 def sampling_params(cfg: RLConfig, tok) -> SamplingParams:
