@@ -22,8 +22,7 @@ from slide.errors import UserError
 
 
 def cmd_synth(a) -> None:
-    from slide.datatools.problems import problem_row
-    from slide.datatools.synth import held_out_problems, synth_rows
+    from slide.datatools.synth import clean_rows, held_out_problems, synth_rows
     check_output(a.out)
     held = []
     if a.held_out is None and a.held_out_n is not None:
@@ -37,7 +36,7 @@ def cmd_synth(a) -> None:
     write_rows(rows, a.out)  # both files are checked and drawn before either is written
     if held:
         try:
-            write_rows([{**problem_row(p), "corrupted": False} for p in held], a.held_out)
+            write_rows(clean_rows(held), a.held_out)
         except BaseException:  # one file without the other would look like a finished split
             Path(a.out).unlink(missing_ok=True)
             raise

@@ -111,12 +111,17 @@ def corrupt_row(row: dict, rng: random.Random) -> dict:
     return out
 
 
+def clean_rows(problems: list[Problem]) -> list[dict]:
+    """Rows of generated problems with their right answers (`corrupted: false`)."""
+    return [{**problem_row(p), "corrupted": False} for p in problems]
+
+
 def synth_rows(spec: str, n: int, wrong_share: float = 0.0, seed: int = 0,
                exclude: Iterable[Problem] = ()) -> list[dict]:
     """`n` rows of `synth_problems(spec, n, seed, exclude)`, of which exactly round(wrong_share * n) are corrupted."""
     if not isinstance(wrong_share, (int, float)) or isinstance(wrong_share, bool) or not 0.0 <= wrong_share <= 1.0:
         raise UserError(f"--wrong-share must be a number in [0, 1], got {wrong_share!r}")
-    rows = [{**problem_row(p), "corrupted": False} for p in synth_problems(spec, n, seed, exclude)]
+    rows = clean_rows(synth_problems(spec, n, seed, exclude))
     rng = random.Random(seed + _CORRUPT_SALT)
     wrong = math.floor(wrong_share * n + 0.5)  # round half up (Python's round() would round 2.5 to 2)
     for i in sorted(rng.sample(range(n), wrong)):

@@ -19,6 +19,7 @@ from collections import defaultdict
 
 from slide.agent.families import is_agentic
 from slide.model.chat import chat_format
+from slide.rl.reward import RewardRunner
 from slide.tasks.base import Problem
 
 
@@ -39,10 +40,13 @@ def decoys(problems: list[Problem]) -> list[int | None]:
 
 def decoy_correct(reward, tok, problems: list[Problem], groups: list[list]) -> list[int]:
     """Per problem: how many of its group's samples the decoy problem's verifier calls right (-1: no decoy).
-    `reward` is the RewardRunner that scored the groups (a verifier call per sample, in its pool)."""
+    `reward` is the RewardRunner that scored the groups: the decoy verdicts run on its functions and pool (a call
+    per sample) but are not counted in its stats (a decoy that makes a verifier raise is not the answer's error)."""
     pairs = [(i, j) for i, j in enumerate(decoys(problems)) if j is not None]
     cut = chat_format(tok).cut
-    scored = reward.score([(problems[j], [cut(s.response_text) for s in groups[i]]) for i, j in pairs])
+    decoy_reward = RewardRunner(reward.fn, reward.timeout_s, pool=reward.pool)
+    decoy_reward.in_process = reward.in_process  # a function that cannot be pickled was warned about once
+    scored = decoy_reward.score([(problems[j], [cut(s.response_text) for s in groups[i]]) for i, j in pairs])
     hits = [-1] * len(problems)
     for (i, _), rewards in zip(pairs, scored):
         hits[i] = sum(r >= 1.0 for r in rewards)

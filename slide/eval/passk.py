@@ -58,17 +58,16 @@ def evaluate(engine, tokenizer, problems: list[Problem], verify: dict, k: int = 
     for problem, group in zip(problems, groups):
         cells[(problem.family, problem.level)].append(sum(s.reward >= 1.0 for s in group))
     rows, summary = score_cells(cells, n, ks)
-    counts = {k: v for k, v in reward.pop_stats().items() if not k.startswith("time/")}  # eval.jsonl: no timings
     if chance and (c := above_chance([sum(s.reward >= 1.0 for s in g) for g in groups],
                                      decoy_correct(reward, tokenizer, problems, groups), n)):
         summary.update({"chance_pass@1": c[1], "above_chance": c[0] - c[1], "above_chance_se": c[2],
                         "lucky": float(lucky(*c))})
-    reward.pop_stats()  # the decoy verdicts' errors and timeouts are not the answers' own
     samples = [s for g in groups for s in g]
     summary["response_len_mean"] = sum(len(s.response_ids) for s in samples) / max(1, len(samples))
     calls = [s for s in samples if isinstance(s, AgentSample)]
     if calls:
         summary["tool_call_success_rate"] = episode_stats([calls])["tool_call_success_rate"]
+    counts = {k: v for k, v in reward.pop_stats().items() if not k.startswith("time/")}  # eval.jsonl: no timings
     return {"k": ks[-1], "n": n, "ks": list(ks), "summary": summary, "rows": rows, **counts}
 
 
